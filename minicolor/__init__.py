@@ -1,0 +1,16 @@
+"""minicolor: a small deep-learning library, written from scratch, that colorizes photos.
+
+Start reading at docs/index.md. The engine is in tensor.py, the layers in functional.py
+(NumPy references in reference/, CUDA kernels in kernels/), the network in models.py.
+"""
+from . import functional, nn, optim
+from .backend import DeviceError, auto_device, cuda_available
+from .gradcheck import GradcheckError, gradcheck
+from .tensor import Function, Tensor, no_grad, tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "Function", "tensor", "no_grad", "gradcheck", "GradcheckError",
+    "functional", "nn", "optim", "DeviceError", "auto_device", "cuda_available",
+]

@@ -1,0 +1,132 @@
+"""Devices: where a tensor's array lives, and which code runs on it.
+
+minicolor knows three devices:
+
+    "cpu"   NumPy arrays; every op runs its NumPy reference (minicolor/reference/).
+    "cuda"  CuPy arrays on an NVIDIA GPU; the hot ops run minicolor's own Numba CUDA
+            kernels (kernels/, installed as minicolor.kernels), the rest run CuPy.
+    "sim"   NumPy arrays run through the *same* Numba CUDA kernels under Numba's CUDA
+            simulator, so the kernel path can be tested on a machine without a GPU.
+            One Python thread per CUDA thread: meant for tiny shapes only.
+
+Everything above this file writes array code once against ``xp`` (NumPy or CuPy), in
+the spirit of DeZero's ``cuda.get_array_module``.
+"""
+import os
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda", "sim")
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that this machine cannot serve."""
+
+
+def check_device(device):
+    """Return ``device`` if this machine can serve it, else raise a clear DeviceError."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda":
+        cuda_problem = why_no_cuda()
+        if cuda_problem:
+            raise DeviceError(f"device 'cuda' needs CuPy and an NVIDIA driver; {cuda_problem}")
+    if device == "sim":
+        enable_simulator()
+    return device
+
+
+def why_no_cuda():
+    """None if a CUDA GPU is usable through CuPy, else a sentence saying why not."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed (pip install 'minicolor[cuda]')"
+    try:
+        if not cupy.cuda.is_available():
+            return "CuPy is installed but finds no CUDA GPU"
+        cupy.zeros(1)  # the first allocation is where a broken driver shows itself
+    except Exception as exc:  # CUDARuntimeError and friends
+        return f"CuPy could not use the GPU ({type(exc).__name__}: {exc})"
+    return None
+
+
+def cuda_available():
+    return why_no_cuda() is None
+
+
+def auto_device():
+    """'cuda' when a GPU is usable, else 'cpu'."""
+    return "cuda" if cuda_available() else "cpu"
+
+
+def patch_numpy_for_numba():
+    """numba-cuda 0.30 calls ``np.row_stack``, which NumPy 2.5 removed; put it back.
+
+    ``np.row_stack`` was always an alias of ``np.vstack``, so this changes nothing else.
+    It must run before ``numba.cuda`` is imported; minicolor.kernels calls it first.
+    """
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+
+
+def enable_simulator():
+    """Switch Numba's CUDA target to the simulator, or explain why it is too late.
+
+    The simulator is chosen when ``numba.cuda`` is first imported. If numba itself is
+    already imported we reload its configuration after setting the variable.
+    """
+    import sys
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and "numba.cuda" not in sys.modules:
+        return
+    if "numba.cuda" in sys.modules:
+        from numba import cuda
+
+        if not cuda.simulator_enabled if hasattr(cuda, "simulator_enabled") else not _is_sim(cuda):
+            raise DeviceError(
+                "device 'sim' needs Numba's CUDA simulator, but numba.cuda was already "
+                "imported for a real GPU; set NUMBA_ENABLE_CUDASIM=1 before importing numba"
+            )
+        return
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    if "numba" in sys.modules:
+        import numba.core.config
+
+        numba.core.config.reload_config()
+
+
+def _is_sim(cuda_module):
+    return "simulator" in getattr(cuda_module, "__file__", "") or bool(
+        getattr(cuda_module, "is_simulator", False)
+    )
+
+
+def get_array_module(array):
+    """NumPy or CuPy: whichever module owns ``array``."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def device_of(array):
+    """'cuda' for a CuPy array, else 'cpu' (a 'sim' array is a NumPy array too)."""
+    return "cuda" if get_array_module(array) is not np else "cpu"
+
+
+def as_array(data, device, dtype=None):
+    """``data`` as an array of ``device``: NumPy for cpu and sim, CuPy for cuda."""
+    if device == "cuda":
+        import cupy
+
+        return cupy.asarray(data, dtype=dtype)
+    return np.asarray(to_numpy(data), dtype=dtype)
+
+
+def to_numpy(array):
+    """A host (NumPy) copy or view of ``array``."""
+    if get_array_module(array) is not np:
+        return array.get()
+    return np.asarray(array)

@@ -1,0 +1,209 @@
+"""Differentiable layers as functions: conv2d, batch_norm, relu, upsample, mse_loss.
+
+Each layer is a ``Function`` whose forward and backward call one of two implementations
+of the same arithmetic, chosen by the device of the input (the only place that chooses):
+
+    "cpu"          minicolor/reference/<op>.py   NumPy, written against xp
+    "cuda", "sim"  kernels/<op>.py               hand-written Numba CUDA kernels
+
+Both expose the same functions with the same arguments, so the Function reads the same
+whichever runs. The public functions check their arguments first and say what was
+expected and what was given.
+"""
+import importlib
+
+from . import backend
+from .reference import batchnorm as _ref_batchnorm
+from .reference import conv2d as _ref_conv2d
+from .reference import mse as _ref_mse
+from .reference import upsample as _ref_upsample
+from .tensor import Function, Tensor
+
+_REFERENCES = {
+    "conv2d": _ref_conv2d,
+    "batchnorm": _ref_batchnorm,
+    "upsample": _ref_upsample,
+    "mse": _ref_mse,
+}
+
+
+def implementation(op, device):
+    """The module that computes ``op`` on ``device``: a reference, or its CUDA kernels."""
+    if device == "cpu":
+        return _REFERENCES[op]
+    return importlib.import_module(f"minicolor.kernels.{op}")
+
+
+# --- conv2d ----------------------------------------------------------------------------
+class Conv2d(Function):
+    def __init__(self, stride, padding, dilation):
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+
+    def forward(self, x, w, b=None):
+        self.impl = implementation("conv2d", self.device)
+        self.x_shape, self.w_shape, self.has_bias = x.shape, w.shape, b is not None
+        self.w = w
+        y, self.saved = self.impl.forward(x, w, b, self.stride, self.padding, self.dilation)
+        return y
+
+    def backward(self, gy):
+        geometry = (self.stride, self.padding, self.dilation)
+        x, w = self.inputs[0], self.inputs[1]
+        gx = self.impl.backward_data(gy, self.w, self.x_shape, *geometry) if x.requires_grad else None
+        gw = gb = None
+        if w.requires_grad or (self.has_bias and self.inputs[2].requires_grad):
+            gw, gb = self.impl.backward_weight(gy, self.saved, self.w_shape, *geometry)
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+def _pair(value, name, minimum):
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+        raise TypeError(f"conv2d: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"conv2d: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _check_float(t, op, name):
+    if t.dtype.kind != "f":
+        raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {t.dtype}")
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1):
+    """2-D convolution (cross-correlation, as in PyTorch) of NCHW ``x`` with ``w`` (F, C, kh, kw).
+
+    stride, padding (zeros) and dilation are ints or (height, width) pairs.
+    """
+    stride = _pair(stride, "stride", 1)
+    padding = _pair(padding, "padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: x must have shape (N, C, H, W), got shape {tuple(x.shape)}")
+    if w.ndim != 4:
+        raise ValueError(f"conv2d: w must have shape (F, C, kh, kw), got shape {tuple(w.shape)}")
+    _check_float(x, "conv2d", "x")
+    if w.dtype != x.dtype:
+        raise TypeError(f"conv2d: w has dtype {w.dtype}, x has {x.dtype}; they must match")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"conv2d: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but w expects "
+            f"{w.shape[1]} (shape {tuple(w.shape)})"
+        )
+    for axis, name in ((2, "height"), (3, "width")):
+        i = axis - 2
+        extent = dilation[i] * (w.shape[axis] - 1) + 1
+        if extent > x.shape[axis] + 2 * padding[i]:
+            raise ValueError(
+                f"conv2d: kernel {name} {w.shape[axis]} (dilation {dilation[i]}) spans {extent} "
+                f"pixels, more than the padded input {name} {x.shape[axis] + 2 * padding[i]}"
+            )
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"conv2d: b must have shape ({w.shape[0]},), got {tuple(b.shape)}")
+    args = (x, w) if b is None else (x, w, b)
+    return Conv2d(stride, padding, dilation)(*args)
+
+
+# --- batch_norm ------------------------------------------------------------------------
+class BatchNorm(Function):
+    def __init__(self, running_mean, running_var, training, momentum, eps):
+        self.running_mean, self.running_var = running_mean, running_var
+        self.training, self.momentum, self.eps = training, momentum, eps
+
+    def forward(self, x, weight, bias):
+        self.impl = implementation("batchnorm", self.device)
+        self.weight = weight
+        y, self.xhat, self.inv_std = self.impl.forward(
+            x, weight, bias, self.running_mean, self.running_var,
+            self.training, self.momentum, self.eps,
+        )
+        return y
+
+    def backward(self, gy):
+        return self.impl.backward(gy, self.xhat, self.inv_std, self.weight, self.training)
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """Batch normalisation over (N, H, W) per channel of NCHW ``x`` (see reference/batchnorm.py).
+
+    ``running_mean`` and ``running_var`` are plain arrays, updated in place when training.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"batch_norm: x must have shape (N, C, H, W), got shape {tuple(x.shape)}")
+    _check_float(x, "batch_norm", "x")
+    c = x.shape[1]
+    for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if tuple(v.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} must have shape ({c},) for x of shape "
+                             f"{tuple(x.shape)}, got {tuple(v.shape)}")
+    if training and x.size // c < 2:
+        raise ValueError(f"batch_norm: training needs more than one value per channel, "
+                         f"got x of shape {tuple(x.shape)}")
+    running_mean = running_mean.data if isinstance(running_mean, Tensor) else running_mean
+    running_var = running_var.data if isinstance(running_var, Tensor) else running_var
+    return BatchNorm(running_mean, running_var, training, momentum, eps)(x, weight, bias)
+
+
+# --- relu --------------------------------------------------------------------------------
+class ReLU(Function):
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.y = xp.maximum(x, 0)
+        return self.y
+
+    def backward(self, gy):
+        return gy * (self.y > 0)
+
+
+def relu(x):
+    return ReLU()(x)
+
+
+# --- upsample ----------------------------------------------------------------------------
+class Upsample(Function):
+    def __init__(self, scale, mode):
+        self.scale, self.mode = scale, mode
+
+    def forward(self, x):
+        self.impl = implementation("upsample", self.device)
+        self.x_shape = x.shape
+        return self.impl.forward(x, self.scale, self.mode)
+
+    def backward(self, gy):
+        return self.impl.backward(gy, self.x_shape, self.scale, self.mode)
+
+
+def upsample(x, scale_factor, mode="nearest"):
+    """Enlarge the last two axes of NCHW ``x`` by an integer factor ("nearest" or "bilinear").
+
+    Bilinear follows PyTorch's ``align_corners=False``.
+    """
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"upsample: mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if not isinstance(scale_factor, int) or scale_factor < 1:
+        raise ValueError(f"upsample: scale_factor must be a positive int, got {scale_factor!r}")
+    if x.ndim != 4:
+        raise ValueError(f"upsample: x must have shape (N, C, H, W), got shape {tuple(x.shape)}")
+    _check_float(x, "upsample", "x")
+    return Upsample(scale_factor, mode)(x)
+
+
+# --- mse_loss ----------------------------------------------------------------------------
+class MSELoss(Function):
+    def forward(self, pred, target):
+        self.impl = implementation("mse", self.device)
+        loss, self.diff = self.impl.forward(pred, target)
+        return loss
+
+    def backward(self, g):
+        return self.impl.backward(g, self.diff), None
+
+
+def mse_loss(pred, target):
+    """mean((pred - target)^2) over every element, as a scalar tensor."""
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"mse_loss: pred has shape {tuple(pred.shape)} but target has "
+                         f"{tuple(target.shape)}; they must match")
+    _check_float(pred, "mse_loss", "pred")
+    return MSELoss()(pred, target)

@@ -1,0 +1,257 @@
+"""Layers as objects that own their parameters: Module, Parameter and the five layers.
+
+A ``Module`` keeps track of what is assigned to it: a ``Parameter`` (a tensor the optimizer
+trains), another ``Module`` (a child), or a buffer (a plain array that is state but not
+trained, like batchnorm's running statistics). From that it can list its parameters,
+switch train/eval mode, move to a device, and save or load a ``state_dict``: a flat dict
+from dotted names ("groups.0.conv.weight") to NumPy arrays.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from . import backend
+from . import functional as F
+from .tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that a Module trains: requires_grad is always True."""
+
+    def __init__(self, data, device=None):
+        super().__init__(data, requires_grad=True, device=device)
+
+    def __repr__(self):
+        return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+class Module:
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", [])
+        self.training = True
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        for registry in (self._parameters, self._modules, self._buffers):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """Keep ``array`` as state saved in the state_dict, moved by ``to``, but not trained."""
+        self._buffers[name] = array
+
+    def __getattr__(self, name):  # called only when normal lookup fails: buffers live here
+        buffers = self.__dict__.get("_buffers", {})
+        if name in buffers:
+            return buffers[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    # --- running -----------------------------------------------------------------------
+    def forward(self, *args):
+        raise NotImplementedError
+
+    def __call__(self, *args):
+        out = self.forward(*args)
+        for hook in self._forward_hooks:
+            hook(self, args, out)
+        return out
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, inputs, output)`` after every forward; returns a remover."""
+        self._forward_hooks.append(hook)
+        return lambda: self._forward_hooks.remove(hook)
+
+    # --- walking the tree -----------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self):
+        for prefix, module in self.named_modules():
+            for name, p in module._parameters.items():
+                yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        for prefix, module in self.named_modules():
+            for name, b in module._buffers.items():
+                yield (f"{prefix}.{name}" if prefix else name), b
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # --- modes and devices ----------------------------------------------------------------
+    def train(self, mode=True):
+        for _, module in self.named_modules():
+            module.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    @property
+    def device(self):
+        params = self.parameters()
+        return params[0].device if params else "cpu"
+
+    def to(self, device):
+        """Move every parameter and buffer to ``device`` in place; returns self."""
+        backend.check_device(device)
+        for _, module in self.named_modules():
+            for p in module._parameters.values():
+                p.data = backend.as_array(p.data, device)
+                p.device = device
+                p.grad = None if p.grad is None else backend.as_array(p.grad, device)
+            for name, b in list(module._buffers.items()):
+                module._buffers[name] = backend.as_array(b, device)
+        return self
+
+    # --- saving and loading -------------------------------------------------------------
+    def state_dict(self):
+        """Every parameter and buffer by dotted name, as host (NumPy) copies."""
+        state = OrderedDict((name, p.numpy()) for name, p in self.named_parameters())
+        state.update((name, np.array(backend.to_numpy(b))) for name, b in self.named_buffers())
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` into the parameters and buffers, checking names and shapes."""
+        own = dict(self.named_parameters())
+        buffers = {name: b for name, b in self.named_buffers()}
+        missing = sorted((set(own) | set(buffers)) - set(state))
+        unexpected = sorted(set(state) - set(own) - set(buffers))
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name, value in state.items():
+            target = own[name].data if name in own else buffers.get(name)
+            if target is None:
+                continue
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"load_state_dict: {name} has shape {tuple(value.shape)} in the "
+                                 f"state, {tuple(target.shape)} in the model")
+            target[...] = backend.as_array(value, self.device, target.dtype)
+        return self
+
+    # --- printing -------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            child_lines = repr(child).split("\n")
+            lines.append(f"  ({name}): " + "\n  ".join(child_lines))
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+class Conv2d(Module):
+    """2-D convolution with weight (F, C, kh, kw) and bias (F,).
+
+    Initialisation (He et al. 2015, "He-uniform", suited to ReLU networks): weights drawn
+    from U(-sqrt(6 / fan_in), +sqrt(6 / fan_in)) with fan_in = C*kh*kw, which keeps the
+    variance of activations steady from layer to layer; biases start at zero.
+    ``init="he_normal"`` draws N(0, 2 / fan_in) instead.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0,
+                 dilation=1, bias=True, init="he_uniform", rng=None, dtype=np.float32):
+        super().__init__()
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        rng = np.random.default_rng() if rng is None else rng
+        fan_in = in_channels * kh * kw
+        shape = (out_channels, in_channels, kh, kw)
+        if init == "he_uniform":
+            bound = np.sqrt(6.0 / fan_in)
+            w = rng.uniform(-bound, bound, shape)
+        elif init == "he_normal":
+            w = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        else:
+            raise ValueError(f"Conv2d: init must be 'he_uniform' or 'he_normal', got {init!r}")
+        self.weight = Parameter(w.astype(dtype))
+        self.bias = Parameter(np.zeros(out_channels, dtype)) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self):
+        kh, kw = self.kernel_size
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={kh}x{kw}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}")
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation per channel: batch statistics in train mode, running ones in eval."""
+
+    def __init__(self, num_features, momentum=0.1, eps=1e-5, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.momentum, self.eps = num_features, momentum, eps
+        self.weight = Parameter(np.ones(num_features, dtype))
+        self.bias = Parameter(np.zeros(num_features, dtype))
+        self.register_buffer("running_mean", np.zeros(num_features, dtype))
+        self.register_buffer("running_var", np.ones(num_features, dtype))
+
+    def forward(self, x):
+        return F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                            self.training, self.momentum, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, momentum={self.momentum}, eps={self.eps}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Upsample(Module):
+    def __init__(self, scale_factor, mode="nearest"):
+        super().__init__()
+        self.scale_factor, self.mode = scale_factor, mode
+
+    def forward(self, x):
+        return F.upsample(x, self.scale_factor, self.mode)
+
+    def extra_repr(self):
+        return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
+
+
+class Sequential(Module):
+    """Modules applied one after another; children are named "0", "1", ..."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
