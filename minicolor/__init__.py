@@ -4,11 +4,13 @@ Start reading at docs/index.md. The engine is in tensor.py, the layers in functi
 (NumPy references in reference/, CUDA kernels in kernels/), the network in models.py.
 """
 from . import functional, nn, optim
-from .backend import DeviceError, auto_device, cuda_available
+from .backend import DeviceError, auto_device, cuda_available, keep_freed_memory
 from .gradcheck import GradcheckError, gradcheck
 from .tensor import Function, Tensor, no_grad, tensor
 
 __version__ = "0.1.0"
+
+keep_freed_memory()
 
 __all__ = [
     "Tensor", "Function", "tensor", "no_grad", "gradcheck", "GradcheckError",

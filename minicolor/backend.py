@@ -102,6 +102,33 @@ def _is_sim(cuda_module):
     )
 
 
+def keep_freed_memory():
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    NumPy allocates every temporary with malloc. By default glibc gives large freed blocks
+    straight back to the kernel, so the next array of that size starts as fresh pages, and
+    the first write to each 4 KiB page costs a page fault. A training step makes hundreds
+    of multi-megabyte temporaries; on the 2-core test machine this made one conv
+    forward+backward 2.6x slower (90 ms against 34 ms, 8x128x28x28, 3x3). Raising the
+    mmap and trim thresholds makes freed blocks stay in the heap, ready for reuse.
+    Does nothing where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest allowed value
+        ok &= libc.mallopt(m_trim_threshold, 2**31 - 1)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
 def get_array_module(array):
     """NumPy or CuPy: whichever module owns ``array``."""
     if type(array).__module__.startswith("cupy"):

@@ -1,0 +1,86 @@
+"""ColorizationNet: the 8-group network of Zhang et al. 2016, scaled by a width multiplier.
+
+Input: lightness L, (N, 1, H, W), scaled by color.normalize_l; H and W divisible by 8.
+Output: a and b, (N, 2, H, W), scaled by color.normalize_ab.
+
+Group by group (m = width; every conv is 3x3 with padding = dilation, then ReLU):
+
+    group  convs                                  resolution   channels
+    1      1->m, m->m stride 2                    H   -> H/2   m
+    2      m->2m, 2m->2m stride 2                 H/2 -> H/4   2m
+    3      2m->4m, 4m->4m, 4m->4m stride 2        H/4 -> H/8   4m
+    4      4m->8m, 8m->8m, 8m->8m                 H/8          8m
+    5      three 8m->8m, dilation 2               H/8          8m   (sees further, same size)
+    6      three 8m->8m, dilation 2               H/8          8m
+    7      three 8m->8m                           H/8          8m
+    8      upsample x2 (nearest), 8m->4m, two 4m->4m   H/4     4m
+    head   1x1 conv 4m->2, upsample x4 (bilinear)      H       2
+
+Groups 1 to 7 end with batchnorm. Width 16 is the original student report (1,955,026
+parameters); width 64 is the paper's network.
+"""
+import numpy as np
+
+from . import color
+from .backend import as_array
+from .nn import BatchNorm2d, Conv2d, Module, ReLU, Sequential, Upsample
+from .tensor import Tensor, no_grad
+
+
+class ColorizationNet(Module):
+    def __init__(self, width=16, seed=0, init="he_uniform"):
+        super().__init__()
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"ColorizationNet: width must be a positive int, got {width!r}")
+        self.width, self.seed = width, seed
+        rng = np.random.default_rng(seed)
+        m = width
+
+        def convs(channels, stride_last=1, dilation=1):
+            """3x3 conv + ReLU for each step channels[i] -> channels[i+1]."""
+            layers = []
+            for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
+                stride = stride_last if i == len(channels) - 2 else 1
+                layers += [Conv2d(cin, cout, 3, stride, dilation, dilation, init=init, rng=rng), ReLU()]
+            return layers
+
+        self.group1 = Sequential(*convs([1, m, m], stride_last=2), BatchNorm2d(m))
+        self.group2 = Sequential(*convs([m, 2 * m, 2 * m], stride_last=2), BatchNorm2d(2 * m))
+        self.group3 = Sequential(*convs([2 * m, 4 * m, 4 * m, 4 * m], stride_last=2), BatchNorm2d(4 * m))
+        self.group4 = Sequential(*convs([4 * m, 8 * m, 8 * m, 8 * m]), BatchNorm2d(8 * m))
+        self.group5 = Sequential(*convs([8 * m] * 4, dilation=2), BatchNorm2d(8 * m))
+        self.group6 = Sequential(*convs([8 * m] * 4, dilation=2), BatchNorm2d(8 * m))
+        self.group7 = Sequential(*convs([8 * m] * 4), BatchNorm2d(8 * m))
+        self.group8 = Sequential(Upsample(2, "nearest"), *convs([8 * m, 4 * m, 4 * m, 4 * m]))
+        self.head = Conv2d(4 * m, 2, 1, init=init, rng=rng)
+        self.upsample = Upsample(4, "bilinear")
+
+    def groups(self):
+        return [getattr(self, f"group{i}") for i in range(1, 9)]
+
+    def forward(self, l):
+        if l.ndim != 4 or l.shape[1] != 1 or l.shape[2] % 8 or l.shape[3] % 8:
+            raise ValueError(f"ColorizationNet expects L of shape (N, 1, H, W) with H and W "
+                             f"divisible by 8, got {tuple(l.shape)}")
+        x = l
+        for group in self.groups():
+            x = group(x)
+        return self.upsample(self.head(x))
+
+    def extra_repr(self):
+        return f"width={self.width}, parameters={self.num_parameters():,}"
+
+    def predict_ab(self, l):
+        """L in 0..100, (N, H, W) array -> predicted ab in Lab units, (N, 2, H, W) host array.
+
+        Runs in eval mode without a graph, on the model's device.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            x = as_array(color.normalize_l(np.asarray(l, np.float32))[:, None], self.device)
+            with no_grad():
+                ab = self(Tensor(x, device=self.device)).numpy()
+        finally:
+            self.train(was_training)
+        return color.denormalize_ab(ab)

@@ -1,0 +1,239 @@
+"""The training loop: batches, steps, validation, checkpoints, logs and pictures.
+
+A ``Trainer`` owns a model, its optimizer (Adam, lr 1e-4 by default, as in the report) and
+a data set, and runs numbered steps. Every step is a pure function of the checkpointed
+state (weights, batchnorm statistics, optimizer moments, step number and seed), so a run
+resumed from a checkpoint repeats an uninterrupted run exactly.
+
+What it leaves in ``out_dir``:
+    metrics.jsonl        one JSON object per logged step or validation
+    loss.png             the loss curve (MSE per ab value, Lab units²)
+    samples_XXXXXX.png   original | prediction grids, as in the report
+    checkpoint.npz       written atomically; loaded with allow_pickle=False
+
+Losses are always reported in raw Lab ab units: the model works on ab / 110, so the
+reported loss is the training loss times 110². That is the unit of the report's figures.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import backend, color, optim, viz
+from .data import batch_indices
+from .functional import mse_loss
+from .models import ColorizationNet
+from .tensor import Tensor, no_grad
+
+LOSS_UNIT = color.AB_SCALE**2  # normalised MSE -> MSE in Lab units
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    def __init__(self, model, train_set, val_set=None, *, lr=1e-4, batch_size=1, optimizer="adam",
+                 device="auto", seed=0, out_dir="runs/train", log_every=10, val_every=None,
+                 checkpoint_every=None, sample_every=None, n_samples=4, progress=True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(train_set) == 0:
+            raise ValueError("the training set is empty")
+        self.device = backend.auto_device() if device == "auto" else backend.check_device(device)
+        self.model = model.to(self.device)
+        self.train_set, self.val_set = train_set, val_set
+        self.config = {"lr": lr, "batch_size": batch_size, "optimizer": optimizer, "seed": seed}
+        if optimizer == "adam":
+            self.optimizer = optim.Adam(model.parameters(), lr=lr)
+        elif optimizer == "sgd":
+            self.optimizer = optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        else:
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        self.batch_size, self.seed = batch_size, seed
+        self.out_dir = Path(out_dir)
+        self.log_every, self.val_every = log_every, val_every
+        self.checkpoint_every, self.sample_every = checkpoint_every, sample_every
+        self.n_samples, self.progress = n_samples, progress
+        self.step = 0
+        self.history = {"train": [], "val": []}  # lists of (step, loss in Lab units)
+
+    # --- one step ---------------------------------------------------------------------------
+    def _tensors(self, l, ab):
+        x = backend.as_array(color.normalize_l(l)[:, None], self.device, np.float32)
+        y = backend.as_array(color.normalize_ab(ab), self.device, np.float32)
+        return Tensor(x, device=self.device), Tensor(y, device=self.device)
+
+    def train_step(self):
+        """Run step ``self.step + 1``; return its loss in Lab units (before the update)."""
+        indices = batch_indices(len(self.train_set), self.batch_size, self.step, self.seed)
+        rng = np.random.default_rng([self.seed, self.step, 1])  # augmentation of this step
+        x, y = self._tensors(*self.train_set.batch(indices, rng))
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss = mse_loss(self.model(x), y)
+        value = float(loss.item()) * LOSS_UNIT
+        if not np.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss became {value} at step {self.step + 1}; training stopped before "
+                f"updating the weights. The last good checkpoint (if any) is {self.checkpoint_path}"
+            )
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return value
+
+    def validate(self, dataset=None):
+        """Mean MSE (Lab units) over a data set, in eval mode, without augmentation."""
+        dataset = self.val_set if dataset is None else dataset
+        self.model.eval()
+        total, count = 0.0, 0
+        with no_grad():
+            for start in range(0, len(dataset), self.batch_size):
+                indices = np.arange(start, min(start + self.batch_size, len(dataset)))
+                x, y = self._tensors(*dataset.batch(indices))
+                total += float(mse_loss(self.model(x), y).item()) * len(indices)
+                count += len(indices)
+        self.model.train()
+        return total / count * LOSS_UNIT
+
+    # --- the loop ---------------------------------------------------------------------------
+    def fit(self, steps):
+        """Train until step ``steps`` (counting steps done before a resume)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, unit="step",
+                   desc=f"training on {self.device}")
+        started, first_step = time.perf_counter(), self.step
+        try:
+            while self.step < steps:
+                loss = self.train_step()
+                self.history["train"].append((self.step, loss))
+                speed = (self.step - first_step) * self.batch_size / (time.perf_counter() - started)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{speed:.1f}")
+                if self.step % self.log_every == 0 or self.step == steps:
+                    self.log({"step": self.step, "loss": loss, "images_per_s": speed})
+                if self._due(self.val_every, steps) and self.val_set is not None and len(self.val_set):
+                    val = self.validate()
+                    self.history["val"].append((self.step, val))
+                    self.log({"step": self.step, "val_loss": val})
+                if self._due(self.sample_every, steps):
+                    self.save_samples()
+                if self._due(self.checkpoint_every, steps):
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            path = self.save_checkpoint()
+            print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}")
+            raise
+        bar.close()
+        self.save_loss_curve()
+        return self.history
+
+    def _due(self, every, steps):
+        return bool(every) and (self.step % every == 0 or self.step == steps)
+
+    # --- records --------------------------------------------------------------------------------
+    def log(self, record):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save_loss_curve(self, path=None, floor=None):
+        path = path or self.out_dir / "loss.png"
+        viz.save_loss_curve(path, self.history["train"], self.history["val"],
+                            title=f"ColorizationNet (width {self.model.width}) on {self.device}",
+                            floor=floor)
+        return path
+
+    def save_samples(self, path=None):
+        dataset = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
+        indices = np.arange(min(self.n_samples, len(dataset)))
+        l, ab = dataset.batch(indices)
+        pred = self.model.predict_ab(l)
+        path = path or self.out_dir / f"samples_{self.step:06d}.png"
+        viz.save_sample_grid(path, l, ab, pred, title=f"step {self.step}")
+        return path
+
+    # --- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self):
+        return self.out_dir / "checkpoint.npz"
+
+    def save_checkpoint(self, path=None):
+        """Weights, batchnorm statistics, optimizer state, step and seed, written atomically."""
+        path = Path(path or self.checkpoint_path)
+        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        arrays.update({f"optim/{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()})
+        arrays["step"] = np.asarray(self.step)
+        # The random state of step k is default_rng([seed, k, ...]): seed and step are all of it.
+        arrays["config"] = np.asarray(json.dumps({
+            "model": {"width": self.model.width, "seed": self.model.seed},
+            "trainer": self.config, "history": self.history,
+        }))
+        save_npz_atomic(path, arrays)
+        return path
+
+    def load_checkpoint(self, path):
+        """Restore a checkpoint written by save_checkpoint; training then goes on from its step."""
+        arrays, config = read_npz(path)
+        if config["trainer"]["seed"] != self.seed or config["trainer"]["batch_size"] != self.batch_size:
+            raise ValueError(f"checkpoint {path} was trained with {config['trainer']}; this trainer "
+                             f"has {self.config}: the batches would differ")
+        self.model.load_state_dict(_section(arrays, "model/"))
+        self.optimizer.load_state_dict(_section(arrays, "optim/"))
+        self.step = int(arrays["step"])
+        self.history = {k: [tuple(p) for p in v] for k, v in config["history"].items()}
+        return self
+
+
+def save_npz_atomic(path, arrays):
+    """Write arrays to ``path`` (.npz) through a temporary file and a rename, so a crash
+    leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_npz(path):
+    """(arrays, config dict) from a checkpoint or weights file, without unpickling anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint or weights file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a minicolor checkpoint (.npz): {exc}") from exc
+    if "config" not in arrays:
+        raise ValueError(f"{path} has no 'config' entry; it was not written by minicolor")
+    return arrays, json.loads(str(arrays["config"]))
+
+
+def _section(arrays, prefix):
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def load_model(path, device="cpu"):
+    """A ColorizationNet with the weights of a checkpoint or weights file."""
+    arrays, config = read_npz(path)
+    model = ColorizationNet(**config["model"])
+    state = {k: v.astype(np.float32) for k, v in _section(arrays, "model/").items()}
+    return model.load_state_dict(state).to(device)
+
+
+def save_weights(path, model, dtype=np.float32, extra=None):
+    """Weights only (no optimizer), optionally in float16 to halve the file."""
+    arrays = {f"model/{k}": v.astype(dtype) for k, v in model.state_dict().items()}
+    arrays["config"] = np.asarray(json.dumps({"model": {"width": model.width, "seed": model.seed},
+                                              **(extra or {})}))
+    save_npz_atomic(path, arrays)
+    return path
