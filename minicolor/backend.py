@@ -31,6 +31,10 @@ def check_device(device):
         cuda_problem = why_no_cuda()
         if cuda_problem:
             raise DeviceError(f"device 'cuda' needs CuPy and an NVIDIA driver; {cuda_problem}")
+        if simulator_enabled():
+            raise DeviceError("device 'cuda' is unavailable in this process: Numba's CUDA "
+                              "simulator is enabled (NUMBA_ENABLE_CUDASIM=1, or device 'sim' "
+                              "was used first)")
     if device == "sim":
         enable_simulator()
     return device
@@ -73,21 +77,18 @@ def patch_numpy_for_numba():
 def enable_simulator():
     """Switch Numba's CUDA target to the simulator, or explain why it is too late.
 
-    The simulator is chosen when ``numba.cuda`` is first imported. If numba itself is
-    already imported we reload its configuration after setting the variable.
+    Numba picks the simulator when ``numba.cuda`` is first imported, if the environment
+    variable NUMBA_ENABLE_CUDASIM is 1. We set it (and reload Numba's configuration if
+    numba itself is already imported). Once numba.cuda has been imported for a real GPU,
+    the choice is made for this process.
     """
     import sys
 
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" and "numba.cuda" not in sys.modules:
-        return
     if "numba.cuda" in sys.modules:
-        from numba import cuda
-
-        if not cuda.simulator_enabled if hasattr(cuda, "simulator_enabled") else not _is_sim(cuda):
-            raise DeviceError(
-                "device 'sim' needs Numba's CUDA simulator, but numba.cuda was already "
-                "imported for a real GPU; set NUMBA_ENABLE_CUDASIM=1 before importing numba"
-            )
+        if not simulator_enabled():
+            raise DeviceError("device 'sim' needs Numba's CUDA simulator, but numba.cuda was "
+                              "already imported for a real GPU in this process; set "
+                              "NUMBA_ENABLE_CUDASIM=1 before importing numba")
         return
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     if "numba" in sys.modules:
@@ -96,10 +97,13 @@ def enable_simulator():
         numba.core.config.reload_config()
 
 
-def _is_sim(cuda_module):
-    return "simulator" in getattr(cuda_module, "__file__", "") or bool(
-        getattr(cuda_module, "is_simulator", False)
-    )
+def simulator_enabled():
+    """True if numba.cuda is (or will be, on import) Numba's CUDA simulator."""
+    import sys
+
+    if "numba.cuda" in sys.modules:
+        return "simulator" in sys.modules["numba.cuda"].jit.__module__
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
 def keep_freed_memory():

@@ -28,7 +28,7 @@ from .tensor import Tensor, no_grad
 
 
 class ColorizationNet(Module):
-    def __init__(self, width=16, seed=0, init="he_uniform"):
+    def __init__(self, width=16, seed=0, init="he_uniform", dtype=np.float32):
         super().__init__()
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"ColorizationNet: width must be a positive int, got {width!r}")
@@ -41,18 +41,22 @@ class ColorizationNet(Module):
             layers = []
             for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
                 stride = stride_last if i == len(channels) - 2 else 1
-                layers += [Conv2d(cin, cout, 3, stride, dilation, dilation, init=init, rng=rng), ReLU()]
+                layers += [Conv2d(cin, cout, 3, stride, dilation, dilation, init=init, rng=rng,
+                                  dtype=dtype), ReLU()]
             return layers
 
-        self.group1 = Sequential(*convs([1, m, m], stride_last=2), BatchNorm2d(m))
-        self.group2 = Sequential(*convs([m, 2 * m, 2 * m], stride_last=2), BatchNorm2d(2 * m))
-        self.group3 = Sequential(*convs([2 * m, 4 * m, 4 * m, 4 * m], stride_last=2), BatchNorm2d(4 * m))
-        self.group4 = Sequential(*convs([4 * m, 8 * m, 8 * m, 8 * m]), BatchNorm2d(8 * m))
-        self.group5 = Sequential(*convs([8 * m] * 4, dilation=2), BatchNorm2d(8 * m))
-        self.group6 = Sequential(*convs([8 * m] * 4, dilation=2), BatchNorm2d(8 * m))
-        self.group7 = Sequential(*convs([8 * m] * 4), BatchNorm2d(8 * m))
+        def norm(channels):
+            return BatchNorm2d(channels, dtype=dtype)
+
+        self.group1 = Sequential(*convs([1, m, m], stride_last=2), norm(m))
+        self.group2 = Sequential(*convs([m, 2 * m, 2 * m], stride_last=2), norm(2 * m))
+        self.group3 = Sequential(*convs([2 * m, 4 * m, 4 * m, 4 * m], stride_last=2), norm(4 * m))
+        self.group4 = Sequential(*convs([4 * m, 8 * m, 8 * m, 8 * m]), norm(8 * m))
+        self.group5 = Sequential(*convs([8 * m] * 4, dilation=2), norm(8 * m))
+        self.group6 = Sequential(*convs([8 * m] * 4, dilation=2), norm(8 * m))
+        self.group7 = Sequential(*convs([8 * m] * 4), norm(8 * m))
         self.group8 = Sequential(Upsample(2, "nearest"), *convs([8 * m, 4 * m, 4 * m, 4 * m]))
-        self.head = Conv2d(4 * m, 2, 1, init=init, rng=rng)
+        self.head = Conv2d(4 * m, 2, 1, init=init, rng=rng, dtype=dtype)
         self.upsample = Upsample(4, "bilinear")
 
     def groups(self):
@@ -69,6 +73,20 @@ class ColorizationNet(Module):
 
     def extra_repr(self):
         return f"width={self.width}, parameters={self.num_parameters():,}"
+
+    def conv_layers(self, batch=1, size=224):
+        """(name, conv, x_shape, y_shape) for every conv in forward order, at this input size."""
+        layers, shape = [], (batch, 1, size, size)
+        for name, module in self.named_modules():
+            if isinstance(module, Upsample):
+                shape = shape[:2] + (shape[2] * module.scale_factor, shape[3] * module.scale_factor)
+            elif isinstance(module, Conv2d):
+                (kh, kw), s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
+                out = (batch, module.out_channels, (shape[2] + 2 * p - d * (kh - 1) - 1) // s + 1,
+                       (shape[3] + 2 * p - d * (kw - 1) - 1) // s + 1)
+                layers.append((name, module, shape, out))
+                shape = out
+        return layers
 
     def predict_ab(self, l):
         """L in 0..100, (N, H, W) array -> predicted ab in Lab units, (N, 2, H, W) host array.

@@ -1,0 +1,128 @@
+"""The CUDA kernels on a real NVIDIA GPU, on the real layer shapes of the network.
+
+Skipped where no GPU is usable (and in a process where the simulator is enabled: run this
+file in its own pytest process on a GPU machine). Each kernel's float32 result must be within
+1e-4 relative error (largest difference over largest magnitude) of the NumPy reference run
+on CuPy in float64; every output starts as NaN, so an element a kernel never writes fails.
+"""
+import numpy as np
+import pytest
+
+from minicolor import backend
+
+if backend.why_no_cuda() or backend.simulator_enabled():
+    pytest.skip(f"needs a CUDA GPU without the simulator ({backend.why_no_cuda() or 'simulator on'})",
+                allow_module_level=True)
+
+import cupy  # noqa: E402
+
+import minicolor.kernels as kernels  # noqa: E402
+from minicolor import functional as F  # noqa: E402
+from minicolor import tensor  # noqa: E402
+from minicolor.kernels import batchnorm as k_batchnorm  # noqa: E402
+from minicolor.kernels import conv2d as k_conv2d  # noqa: E402
+from minicolor.kernels import mse as k_mse  # noqa: E402
+from minicolor.kernels import upsample as k_upsample  # noqa: E402
+from minicolor.models import ColorizationNet  # noqa: E402
+from minicolor.reference import batchnorm as r_batchnorm  # noqa: E402
+from minicolor.reference import conv2d as r_conv2d  # noqa: E402
+from minicolor.reference import upsample as r_upsample  # noqa: E402
+
+BATCH = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def poison():
+    kernels.POISON = True
+    yield
+    kernels.POISON = False
+
+
+def relative_error(ours, reference):
+    ours, reference = cupy.asarray(ours, dtype=cupy.float64), cupy.asarray(reference)
+    assert not bool(cupy.isnan(ours).any()), "the kernel left elements unwritten (NaN)"
+    return float(cupy.abs(ours - reference).max() / cupy.abs(reference).max())
+
+
+def unique_conv_shapes():
+    seen = {}
+    for width in (16, 64):
+        for name, conv, x_shape, _ in ColorizationNet(width).conv_layers(BATCH):
+            key = (x_shape, conv.weight.shape, conv.stride, conv.padding, conv.dilation)
+            seen.setdefault(key, f"w{width}-{name}")
+    return [pytest.param(*key, id=label) for key, label in seen.items()]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation", unique_conv_shapes())
+def test_conv2d_on_network_shapes(x_shape, w_shape, stride, padding, dilation):
+    rng = cupy.random.default_rng(0)
+    x = rng.standard_normal(x_shape, dtype=cupy.float32)
+    w = rng.standard_normal(w_shape, dtype=cupy.float32) * (2 / np.prod(w_shape[1:])) ** 0.5
+    b = rng.standard_normal(w_shape[0], dtype=cupy.float32)
+    g = ((stride, stride), (padding, padding), (dilation, dilation))
+    x64, w64, b64 = x.astype(cupy.float64), w.astype(cupy.float64), b.astype(cupy.float64)
+    y, saved = k_conv2d.forward(x, w, b, *g)
+    y_ref, cols = r_conv2d.forward(x64, w64, b64, *g)
+    assert relative_error(y, y_ref) < 1e-4
+    gy = rng.standard_normal(y.shape, dtype=cupy.float32)
+    gy64 = gy.astype(cupy.float64)
+    assert relative_error(k_conv2d.backward_data(gy, w, x.shape, *g),
+                          r_conv2d.backward_data(gy64, w64, x.shape, *g)) < 1e-4
+    gw, gb = k_conv2d.backward_weight(gy, saved, w.shape, *g)
+    gw_ref, gb_ref = r_conv2d.backward_weight(gy64, cols, w.shape)
+    assert relative_error(gw, gw_ref) < 1e-4
+    assert relative_error(gb, gb_ref) < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(BATCH, 16, 112, 112), (BATCH, 512, 28, 28)])
+def test_batchnorm_on_network_shapes(shape):
+    rng = cupy.random.default_rng(1)
+    x = rng.standard_normal(shape, dtype=cupy.float32) * 2 + 1
+    c = shape[1]
+    weight, bias = rng.standard_normal(c, dtype=cupy.float32), rng.standard_normal(c, dtype=cupy.float32)
+    rm, rv = cupy.zeros(c, cupy.float32), cupy.ones(c, cupy.float32)
+    rm64, rv64 = cupy.zeros(c), cupy.ones(c)
+    y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, rm, rv, True, 0.1, 1e-5)
+    y_ref, xhat_ref, inv_ref = r_batchnorm.forward(x.astype(cupy.float64), weight.astype(cupy.float64),
+                                                   bias.astype(cupy.float64), rm64, rv64, True, 0.1, 1e-5)
+    assert relative_error(y, y_ref) < 1e-4
+    assert relative_error(rv, rv64) < 1e-4
+    gy = rng.standard_normal(shape, dtype=cupy.float32)
+    for ours, ref in zip(k_batchnorm.backward(gy, xhat, inv_std, weight, True),
+                         r_batchnorm.backward(gy.astype(cupy.float64), xhat_ref, inv_ref,
+                                              weight.astype(cupy.float64), True)):
+        assert relative_error(ours, ref) < 1e-4
+
+
+@pytest.mark.parametrize("shape, scale, mode", [((BATCH, 512, 28, 28), 2, "nearest"),
+                                                ((BATCH, 2, 56, 56), 4, "bilinear")])
+def test_upsample_on_network_shapes(shape, scale, mode):
+    x = cupy.random.default_rng(2).standard_normal(shape, dtype=cupy.float32)
+    y = k_upsample.forward(x, scale, mode)
+    assert relative_error(y, r_upsample.forward(x.astype(cupy.float64), scale, mode)) < 1e-4
+    gy = cupy.random.default_rng(3).standard_normal(y.shape, dtype=cupy.float32)
+    assert relative_error(k_upsample.backward(gy, shape, scale, mode),
+                          r_upsample.backward(gy.astype(cupy.float64), shape, scale, mode)) < 1e-4
+
+
+def test_mse_on_network_shape():
+    rng = cupy.random.default_rng(4)
+    pred, target = (rng.standard_normal((BATCH, 2, 224, 224), dtype=cupy.float32) for _ in range(2))
+    loss, diff = k_mse.forward(pred, target)
+    ref = ((pred.astype(cupy.float64) - target) ** 2).mean()
+    assert relative_error(loss, ref) < 1e-4
+    grad = k_mse.backward(cupy.asarray(1.0, cupy.float32), diff)
+    assert relative_error(grad, 2 * (pred.astype(cupy.float64) - target) / pred.size) < 1e-4
+
+
+def test_training_step_on_cuda_matches_cpu():
+    rng = np.random.default_rng(5)
+    l = rng.uniform(-0.5, 0.5, (2, 1, 32, 32)).astype(np.float32)
+    ab = rng.uniform(-0.5, 0.5, (2, 2, 32, 32)).astype(np.float32)
+    losses = {}
+    for device in ("cpu", "cuda"):
+        net = ColorizationNet(width=4, seed=0).to(device)
+        loss = F.mse_loss(net(tensor(l, device=device)), tensor(ab, device=device))
+        loss.backward()
+        losses[device] = loss.item()
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-4)

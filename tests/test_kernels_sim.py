@@ -1,0 +1,147 @@
+"""Every CUDA kernel against its NumPy reference, run in Numba's CUDA simulator (no GPU needed).
+
+Shapes are tiny (the simulator runs one Python thread per CUDA thread) but cover the awkward
+cases: partial tiles, stride 2, dilation 2, padding, odd and non-square sizes, batch > 1,
+channel counts that are not multiples of the tile, and split-K reductions.
+"""
+import sys
+
+import numpy as np
+import pytest
+
+from minicolor import backend
+
+try:
+    backend.enable_simulator()
+except backend.DeviceError as exc:  # numba.cuda already imported for a real GPU
+    pytest.skip(str(exc), allow_module_level=True)
+
+import minicolor.kernels as kernels  # noqa: E402
+from minicolor import functional as F  # noqa: E402
+from minicolor import tensor  # noqa: E402
+from minicolor.kernels import batchnorm as k_batchnorm  # noqa: E402
+from minicolor.kernels import conv2d as k_conv2d  # noqa: E402
+from minicolor.kernels import mse as k_mse  # noqa: E402
+from minicolor.kernels import upsample as k_upsample  # noqa: E402
+from minicolor.models import ColorizationNet  # noqa: E402
+from minicolor.reference import batchnorm as r_batchnorm  # noqa: E402
+from minicolor.reference import conv2d as r_conv2d  # noqa: E402
+from minicolor.reference import mse as r_mse  # noqa: E402
+from minicolor.reference import upsample as r_upsample  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def simulator_settings():
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(5e-5)  # barrier-heavy kernels run several times faster
+    kernels.POISON = True  # outputs start as NaN: an unwritten element fails the comparison
+    yield
+    kernels.POISON = False
+    sys.setswitchinterval(previous)
+
+
+CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation)
+    (2, 3, 7, 6, 4, 3, 2, 1, 1),   # stride 2, odd and non-square, batch 2
+    (1, 2, 9, 8, 3, 3, 1, 2, 2),   # dilation 2
+    (1, 3, 5, 7, 2, 1, 1, 0, 1),   # 1x1
+    (1, 2, 3, 3, 11, 3, 1, 1, 1),  # 11 filters: two row tiles, the second partial
+    (1, 5, 4, 4, 2, 3, 1, 1, 1),   # reduction 45: not a multiple of the slice BK = 8
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_kernels_match_reference(rng, case, dtype):
+    n, c, h, w, f, k, s, p, d = case
+    geometry = ((s, s), (p, p), (d, d))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    y, saved = k_conv2d.forward(x, wt, b, *geometry)
+    y_ref, cols = r_conv2d.forward(x, wt, b, *geometry)
+    np.testing.assert_allclose(y, y_ref, **tol)
+    assert y.dtype == dtype
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(k_conv2d.backward_data(gy, wt, x.shape, *geometry),
+                               r_conv2d.backward_data(gy, wt, x.shape, *geometry), **tol)
+    gw_ref, gb_ref = r_conv2d.backward_weight(gy, cols, wt.shape)
+    for splits in (1, 3):
+        gw, gb = k_conv2d.backward_weight(gy, saved, wt.shape, *geometry, splits=splits)
+        np.testing.assert_allclose(gw, gw_ref, **tol)
+        np.testing.assert_allclose(gb, gb_ref, **tol)
+
+
+def test_naive_conv2d_kernel(rng):
+    x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    geometry = ((2, 1), (1, 0), (1, 2))
+    np.testing.assert_allclose(k_conv2d.forward_naive(x, w, b, *geometry),
+                               r_conv2d.forward(x, w, b, *geometry)[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 3), (1, 2, 1, 7)])
+def test_batchnorm_kernels_match_reference(rng, shape, training):
+    c = shape[1]
+    x = rng.standard_normal(shape) * 3 + 1
+    weight, bias = rng.standard_normal(c), rng.standard_normal(c)
+    running = [rng.standard_normal(c), rng.uniform(0.5, 2, c)]
+    ours_running = [r.copy() for r in running]
+    y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, *ours_running, training, 0.1, 1e-5)
+    y_ref, xhat_ref, inv_std_ref = r_batchnorm.forward(x, weight, bias, *running, training, 0.1, 1e-5)
+    np.testing.assert_allclose(y, y_ref, atol=1e-12)
+    np.testing.assert_allclose(ours_running[0], running[0], atol=1e-12)
+    np.testing.assert_allclose(ours_running[1], running[1], atol=1e-12)
+    gy = rng.standard_normal(shape)
+    for ours, ref in zip(k_batchnorm.backward(gy, xhat, inv_std, weight, training),
+                         r_batchnorm.backward(gy, xhat_ref, inv_std_ref, weight, training)):
+        np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("shape, scale", [((2, 2, 3, 4), 2), ((1, 1, 2, 3), 4), ((1, 1, 1, 1), 3)])
+def test_upsample_kernels_match_reference(rng, shape, scale, mode):
+    x = rng.standard_normal(shape)
+    y = k_upsample.forward(x, scale, mode)
+    np.testing.assert_allclose(y, r_upsample.forward(x, scale, mode), atol=1e-12)
+    gy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(k_upsample.backward(gy, shape, scale, mode),
+                               r_upsample.backward(gy, shape, scale, mode), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 2, 17, 19)])
+def test_mse_kernels_match_reference(rng, shape):
+    pred, target = rng.standard_normal(shape), rng.standard_normal(shape)
+    loss, diff = k_mse.forward(pred, target)
+    loss_ref, diff_ref = r_mse.forward(pred, target)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-12)
+    g = np.asarray(0.7)
+    np.testing.assert_allclose(k_mse.backward(g, diff), r_mse.backward(g, diff_ref), atol=1e-15)
+
+
+def test_sim_device_runs_layers_through_kernels(rng):
+    x = tensor(rng.standard_normal((1, 2, 4, 4)), requires_grad=True, device="sim")
+    w = tensor(rng.standard_normal((3, 2, 3, 3)), requires_grad=True, device="sim")
+    y = F.conv2d(x, w, padding=1)
+    assert y.device == "sim" and type(y.creator.impl) is type(k_conv2d) and y.creator.impl is k_conv2d
+
+
+def test_colorization_network_agrees_on_sim_and_cpu(rng):
+    """Forward and backward of a (width 1) ColorizationNet: same loss and parameter gradients.
+
+    In float64: at 8x8 the deepest batchnorms see 2 values per channel, which amplifies
+    float32 rounding differences between two correct summation orders past any fixed bound.
+    """
+    l = rng.uniform(-0.5, 0.5, (2, 1, 8, 8))
+    ab = rng.uniform(-0.5, 0.5, (2, 2, 8, 8))
+    results = {}
+    for device in ("cpu", "sim"):
+        net = ColorizationNet(width=1, seed=3, dtype=np.float64).to(device)
+        loss = F.mse_loss(net(tensor(l, device=device)), tensor(ab, device=device))
+        loss.backward()
+        results[device] = (loss.item(), {name: p.grad for name, p in net.named_parameters()})
+    assert results["sim"][0] == pytest.approx(results["cpu"][0], rel=1e-6)
+    for name, grad in results["cpu"][1].items():
+        scale = np.abs(grad).max() + 1e-6
+        np.testing.assert_allclose(results["sim"][1][name] / scale, grad / scale, atol=1e-6,
+                                   err_msg=name)
