@@ -55,6 +55,14 @@ def why_no_cuda():
     return None
 
 
+def cpu_count():
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def cuda_available():
     return why_no_cuda() is None
 

@@ -35,7 +35,7 @@ def cmd_overfit(args):
 def cmd_train(args):
     from .data import ImageFolder, KaggleColorization, split
     from .models import ColorizationNet
-    from .train import Trainer, save_weights
+    from .train import Trainer, fit_class_weights, save_weights
 
     if args.format == "kaggle":
         dataset = KaggleColorization(args.data, limit=args.limit, flip=True)
@@ -43,7 +43,10 @@ def cmd_train(args):
         dataset = ImageFolder(args.data, size=args.size, resize=args.resize, on_error=args.on_error)
     train_set, val_set = split(dataset, args.val_fraction, seed=args.seed)
     print(f"{len(train_set)} training images, {len(val_set)} held out for validation")
-    trainer = Trainer(ColorizationNet(args.width, seed=args.seed), train_set, val_set, lr=args.lr,
+    model = ColorizationNet(args.width, seed=args.seed, head=args.head)
+    if args.head == "classification" and not args.resume:
+        fit_class_weights(model, train_set, seed=args.seed)
+    trainer = Trainer(model, train_set, val_set, lr=args.lr,
                       batch_size=args.batch_size, device=args.device, seed=args.seed,
                       out_dir=args.out, log_every=args.log_every, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
@@ -74,6 +77,40 @@ def cmd_colorize(args):
     model = load_model_or_shipped(args.weights, args.device)
     for image in args.images:
         print(colorize_file(model, image, args.out, size=args.size))
+
+
+def cmd_bench(args):
+    from . import bench
+
+    device = args.device if args.device != "auto" else __import__("minicolor").auto_device()
+    gpu = device == "cuda"
+    results = bench.run(
+        device=device,
+        widths=args.widths or ((16, 64) if gpu else (16,)),
+        batches=args.batches or ((1, 8, 32) if gpu else (1, 8)),
+        size=args.size, layer_batch=args.layer_batch if args.layer_batch is not None else (32 if gpu else 1),
+        layer_width=args.layer_width, overfit_steps=args.overfit_steps, warmup=args.warmup,
+        repeat=args.repeat, torch=False if args.no_torch else None)
+    if args.json:
+        bench.save_json(results, args.json)
+        print(f"results written to {args.json}")
+
+
+def cmd_evaluate(args):
+    import json
+
+    from .data import load_rgb
+    from .evaluate import evaluate, format_table, standard_images
+
+    model = load_model_or_shipped(args.weights, args.device)
+    images = standard_images() if args.standard else {}
+    images.update({Path(p).stem: load_rgb(p) for p in args.images})
+    if not images:
+        raise ValueError("give photos to evaluate, or --standard for the eight standard ones")
+    results = evaluate(model, images, size=args.size)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 def build_parser():
@@ -112,6 +149,9 @@ def build_parser():
     p.add_argument("--batch-size", type=_positive, default=16, help="images per step (default 16)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--width", type=_positive, default=16, help="width multiplier m (default 16)")
+    p.add_argument("--head", choices=["regression", "classification"], default="regression",
+                   help="regression: predict ab, MSE loss; classification: predict one of ~260 "
+                        "ab bins, class-rebalanced cross-entropy (Zhang et al.) (default regression)")
     p.add_argument("--size", type=_size, default=224,
                    help="crop size for folder data (default 224; Kaggle images are 224)")
     p.add_argument("--resize", type=int, default=None,
@@ -146,6 +186,41 @@ def build_parser():
     p.add_argument("--size", type=_size, default=224, help="size the network runs at (default 224)")
     device_option(p, "cpu")
     p.set_defaults(run=cmd_colorize)
+
+    p = sub.add_parser("evaluate", help="AuC, PSNR and colorfulness on held-out photos",
+                       description="Color held-out photos and print, per photo and in total, "
+                                   "AuC (Zhang et al.), PSNR and colorfulness beside the gray "
+                                   "baseline and the truth.")
+    p.add_argument("images", nargs="*", help="photos to evaluate (their own colors are the truth)")
+    p.add_argument("--standard", action="store_true",
+                   help="also the eight standard photos of scikit-image, scikit-learn and matplotlib")
+    p.add_argument("--weights", default=None,
+                   help="a weights.npz or checkpoint.npz (default: the weights shipped with minicolor)")
+    p.add_argument("--size", type=_size, default=224, help="size the network runs at (default 224)")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    device_option(p, "cpu")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="time training steps and conv layers (beside PyTorch)",
+                       description="Time the training step, each conv layer shape and the "
+                                   "400-step overfit; beside PyTorch where it is installed.")
+    p.add_argument("--widths", type=_positive, nargs="+", default=None,
+                   help="network widths (default 16 on the CPU, 16 64 on the GPU)")
+    p.add_argument("--batches", type=_positive, nargs="+", default=None,
+                   help="batch sizes of the training step (default 1 8 on the CPU, 1 8 32 on the GPU)")
+    p.add_argument("--size", type=_size, default=224, help="image size (default 224)")
+    p.add_argument("--layer-batch", type=int, default=None,
+                   help="batch of the per-layer timings, 0 to skip them (default 1 on the CPU, 32 on the GPU)")
+    p.add_argument("--layer-width", type=_positive, default=None,
+                   help="width whose conv layers are timed (default: the last of --widths)")
+    p.add_argument("--overfit-steps", type=int, default=400,
+                   help="steps of the one-image overfit timing, 0 to skip it (default 400)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
+    p.add_argument("--repeat", type=_positive, default=5, help="timed runs; the median is reported (default 5)")
+    p.add_argument("--no-torch", action="store_true", help="do not time PyTorch even if installed")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    device_option(p, "cpu")
+    p.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -28,15 +28,19 @@ def resize_plane(plane, width, height):
         (width, height), Image.BILINEAR))
 
 
-def colorize_rgb(model, rgb, size=224):
-    """RGB uint8 (H, W, 3) (color or gray) -> colorized RGB uint8 of the same size."""
+def predict_lab(model, rgb, size=224):
+    """RGB uint8 (H, W, 3) -> Lab (H, W, 3): the photo's own L, the model's ab."""
     h, w = rgb.shape[:2]
     lab = rgb_to_lab(rgb.astype(np.float64) / 255.0)
     small_l = rgb_to_lab(resize_rgb(rgb, size, size).astype(np.float64) / 255.0)[..., 0]
     ab_small = model.predict_ab(small_l[None])[0]  # (2, size, size)
     ab = np.stack([resize_plane(ab_small[k], w, h) for k in range(2)], axis=-1)
-    out = lab_to_rgb(np.concatenate([lab[..., :1], ab], axis=-1))
-    return np.round(out * 255).astype(np.uint8)
+    return np.concatenate([lab[..., :1], ab], axis=-1)
+
+
+def colorize_rgb(model, rgb, size=224):
+    """RGB uint8 (H, W, 3) (color or gray) -> colorized RGB uint8 of the same size."""
+    return np.round(lab_to_rgb(predict_lab(model, rgb, size)) * 255).astype(np.uint8)
 
 
 def colorize_file(model, path, out_dir, size=224):

@@ -14,6 +14,7 @@ import importlib
 
 from . import backend
 from .reference import batchnorm as _ref_batchnorm
+from .reference import classify as _ref_classify
 from .reference import conv2d as _ref_conv2d
 from .reference import mse as _ref_mse
 from .reference import upsample as _ref_upsample
@@ -24,12 +25,19 @@ _REFERENCES = {
     "batchnorm": _ref_batchnorm,
     "upsample": _ref_upsample,
     "mse": _ref_mse,
+    "classify": _ref_classify,
 }
 
 
+_KERNELS = {"conv2d", "batchnorm", "upsample", "mse"}  # ops with hand-written CUDA kernels
+
+
 def implementation(op, device):
-    """The module that computes ``op`` on ``device``: a reference, or its CUDA kernels."""
-    if device == "cpu":
+    """The module that computes ``op`` on ``device``: a reference, or its CUDA kernels.
+
+    Ops without kernels (the classification ops) run their xp reference everywhere.
+    """
+    if device == "cpu" or op not in _KERNELS:
         return _REFERENCES[op]
     return importlib.import_module(f"minicolor.kernels.{op}")
 
@@ -207,3 +215,61 @@ def mse_loss(pred, target):
                          f"{tuple(target.shape)}; they must match")
     _check_float(pred, "mse_loss", "pred")
     return MSELoss()(pred, target)
+
+
+# --- classification (Zhang et al.): see reference/classify.py ----------------------------------
+class SoftmaxCrossEntropy(Function):
+    def __init__(self, target, weight):
+        self.target, self.weight = target, weight
+
+    def forward(self, logits):
+        self.impl = implementation("classify", self.device)
+        loss, self.probs = self.impl.cross_entropy_forward(logits, self.target, self.weight)
+        return loss
+
+    def backward(self, g):
+        return self.impl.cross_entropy_backward(g, self.probs, self.target, self.weight)
+
+
+def softmax_cross_entropy(logits, target, weight=None):
+    """Mean over pixels of weight * cross-entropy(softmax(logits), target), classes on axis 1.
+
+    logits (N, Q, h, w) tensor; target (N, Q, h, w) array of distributions; weight (N, h, w)
+    array (default: all ones).
+    """
+    target = target.data if isinstance(target, Tensor) else target
+    if logits.ndim != 4 or tuple(target.shape) != tuple(logits.shape):
+        raise ValueError(f"softmax_cross_entropy: logits {tuple(logits.shape)} and target "
+                         f"{tuple(target.shape)} must both have shape (N, Q, h, w)")
+    xp = backend.get_array_module(logits.data)
+    if weight is None:
+        weight = xp.ones((logits.shape[0],) + tuple(logits.shape[2:]), dtype=logits.dtype)
+    weight = weight.data if isinstance(weight, Tensor) else weight
+    if tuple(weight.shape) != (logits.shape[0],) + tuple(logits.shape[2:]):
+        raise ValueError(f"softmax_cross_entropy: weight has shape {tuple(weight.shape)}, "
+                         f"expected {(logits.shape[0],) + tuple(logits.shape[2:])}")
+    return SoftmaxCrossEntropy(target, weight)(logits)
+
+
+class AnnealedMean(Function):
+    def __init__(self, centers, temperature):
+        self.centers, self.temperature = centers, temperature
+
+    def forward(self, logits):
+        self.impl = implementation("classify", self.device)
+        self.ab, self.p = self.impl.annealed_mean_forward(logits, self.centers, self.temperature)
+        return self.ab
+
+    def backward(self, g):
+        return self.impl.annealed_mean_backward(g, self.p, self.ab, self.centers, self.temperature)
+
+
+def annealed_mean(logits, centers, temperature=0.38):
+    """Decode logits (N, Q, h, w) to ab (N, 2, h, w): the mean of the bin ``centers`` (Q, 2)
+    under softmax(logits / temperature)."""
+    if logits.ndim != 4 or logits.shape[1] != centers.shape[0]:
+        raise ValueError(f"annealed_mean: logits {tuple(logits.shape)} must have shape "
+                         f"(N, {centers.shape[0]}, h, w) for {centers.shape[0]} bin centers")
+    if temperature <= 0:
+        raise ValueError(f"annealed_mean: temperature must be positive, got {temperature}")
+    return AnnealedMean(centers, temperature)(logits)

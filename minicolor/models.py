@@ -18,21 +18,34 @@ Group by group (m = width; every conv is 3x3 with padding = dilation, then ReLU)
 
 Groups 1 to 7 end with batchnorm. Width 16 is the original student report (1,955,026
 parameters); width 64 is the paper's network.
+
+Two heads share groups 1-8 (see ``loss``):
+    "regression"      the 1x1 conv predicts ab directly; trained with MSE
+    "classification"  the 1x1 conv predicts Q logits per pixel (one per ab bin, see
+                      quantize.py) at H/4; trained with class-rebalanced cross-entropy
+                      against soft-encoded targets; decoded by the annealed mean, then
+                      upsampled x4 like the regression output
 """
 import numpy as np
 
-from . import color
-from .backend import as_array
+from . import color, quantize
+from .backend import as_array, get_array_module
+from .functional import annealed_mean, mse_loss, softmax_cross_entropy
 from .nn import BatchNorm2d, Conv2d, Module, ReLU, Sequential, Upsample
 from .tensor import Tensor, no_grad
 
+HEADS = ("regression", "classification")
+TEMPERATURE = 0.38  # the paper's annealed-mean temperature
+
 
 class ColorizationNet(Module):
-    def __init__(self, width=16, seed=0, init="he_uniform", dtype=np.float32):
+    def __init__(self, width=16, seed=0, head="regression", init="he_uniform", dtype=np.float32):
         super().__init__()
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"ColorizationNet: width must be a positive int, got {width!r}")
-        self.width, self.seed = width, seed
+        if head not in HEADS:
+            raise ValueError(f"ColorizationNet: head must be one of {HEADS}, got {head!r}")
+        self.width, self.seed, self.head_kind = width, seed, head
         rng = np.random.default_rng(seed)
         m = width
 
@@ -56,23 +69,78 @@ class ColorizationNet(Module):
         self.group6 = Sequential(*convs([8 * m] * 4, dilation=2), norm(8 * m))
         self.group7 = Sequential(*convs([8 * m] * 4), norm(8 * m))
         self.group8 = Sequential(Upsample(2, "nearest"), *convs([8 * m, 4 * m, 4 * m, 4 * m]))
-        self.head = Conv2d(4 * m, 2, 1, init=init, rng=rng, dtype=dtype)
+        if head == "regression":
+            self.head = Conv2d(4 * m, 2, 1, init=init, rng=rng, dtype=dtype)
+        else:
+            centers = quantize.gamut_bins()
+            self.head = Conv2d(4 * m, len(centers), 1, init=init, rng=rng, dtype=dtype)
+            self.register_buffer("bin_centers", centers.astype(dtype))
+            self.register_buffer("class_weights", np.ones(len(centers), dtype))  # see fit_class_weights
         self.upsample = Upsample(4, "bilinear")
+
+    def config(self):
+        """What it takes to build this network again (saved in checkpoints)."""
+        return {"width": self.width, "seed": self.seed, "head": self.head_kind}
 
     def groups(self):
         return [getattr(self, f"group{i}") for i in range(1, 9)]
 
-    def forward(self, l):
+    def features(self, l):
+        """The head's output at H/4: ab (regression) or bin logits (classification)."""
         if l.ndim != 4 or l.shape[1] != 1 or l.shape[2] % 8 or l.shape[3] % 8:
             raise ValueError(f"ColorizationNet expects L of shape (N, 1, H, W) with H and W "
                              f"divisible by 8, got {tuple(l.shape)}")
         x = l
         for group in self.groups():
             x = group(x)
-        return self.upsample(self.head(x))
+        return self.head(x)
+
+    def decode(self, features):
+        """Head output at H/4 -> ab (scaled by color.normalize_ab) at full size."""
+        if self.head_kind == "classification":
+            features = annealed_mean(features, self.bin_centers, TEMPERATURE) * (1 / color.AB_SCALE)
+        return self.upsample(features)
+
+    def forward(self, l):
+        return self.decode(self.features(l))
+
+    def loss(self, l, ab):
+        """(loss to minimise, MSE of the predicted ab) for normalised L and ab tensors.
+
+        The MSE (in normalised units) is what the trainer reports for either head.
+        """
+        features = self.features(l)
+        if self.head_kind == "regression":
+            mse = mse_loss(self.upsample(features), ab)
+            return mse, mse
+        target, weight = self.classification_targets(ab.data)
+        loss = softmax_cross_entropy(features, target, weight)
+        with no_grad():
+            mse = mse_loss(self.decode(features.detach()), ab)
+        return loss, mse
+
+    def classification_targets(self, ab):
+        """Soft-encoded targets (N, Q, H/4, W/4) and rebalancing weights (N, H/4, W/4)."""
+        xp = get_array_module(ab)
+        n, _, h, w = ab.shape
+        ab_lab = color.denormalize_ab(ab.reshape(n, 2, h // 4, 4, w // 4, 4).mean(axis=(3, 5)))
+        target = quantize.soft_encode(ab_lab, self.bin_centers)
+        weight = xp.take(self.class_weights, target.argmax(axis=1))
+        return target, weight.astype(ab.dtype)
+
+    def fit_class_weights(self, ab_batches):
+        """Set the rebalancing weights from the bin frequencies of training ab (Lab units)."""
+        centers = np.asarray(self.bin_centers.get() if hasattr(self.bin_centers, "get")
+                             else self.bin_centers, np.float64)
+        counts = sum(quantize.bin_counts(ab.reshape(ab.shape[0], 2, ab.shape[2] // 4, 4,
+                                                    ab.shape[3] // 4, 4).mean(axis=(3, 5)), centers)
+                     for ab in ab_batches)
+        weights = quantize.rebalancing_weights(counts, centers)
+        self.class_weights[...] = as_array(weights, self.device, self.class_weights.dtype)
+        return weights
 
     def extra_repr(self):
-        return f"width={self.width}, parameters={self.num_parameters():,}"
+        return f"width={self.width}, head={self.head_kind!r}, parameters={self.num_parameters():,}"
 
     def conv_layers(self, batch=1, size=224):
         """(name, conv, x_shape, y_shape) for every conv in forward order, at this input size."""

@@ -74,8 +74,8 @@ class Trainer:
         x, y = self._tensors(*self.train_set.batch(indices, rng))
         self.model.train()
         self.optimizer.zero_grad()
-        loss = mse_loss(self.model(x), y)
-        value = float(loss.item()) * LOSS_UNIT
+        loss, mse = self.model.loss(x, y)
+        value = float(mse.item()) * LOSS_UNIT
         if not np.isfinite(value):
             raise TrainingDiverged(
                 f"the loss became {value} at step {self.step + 1}; training stopped before "
@@ -171,7 +171,7 @@ class Trainer:
         arrays["step"] = np.asarray(self.step)
         # The random state of step k is default_rng([seed, k, ...]): seed and step are all of it.
         arrays["config"] = np.asarray(json.dumps({
-            "model": {"width": self.model.width, "seed": self.model.seed},
+            "model": self.model.config(),
             "trainer": self.config, "history": self.history,
         }))
         save_npz_atomic(path, arrays)
@@ -188,6 +188,15 @@ class Trainer:
         self.step = int(arrays["step"])
         self.history = {k: [tuple(p) for p in v] for k, v in config["history"].items()}
         return self
+
+
+def fit_class_weights(model, dataset, seed=0, max_images=512, batch_size=16):
+    """Set a classification model's rebalancing weights from (up to) max_images of dataset."""
+    n = min(len(dataset), max_images)
+    rng = np.random.default_rng([seed, 2])
+    order = rng.permutation(len(dataset))[:n]
+    batches = (dataset.batch(order[i:i + batch_size], rng)[1] for i in range(0, n, batch_size))
+    return model.fit_class_weights(batches)
 
 
 def save_npz_atomic(path, arrays):
@@ -233,7 +242,6 @@ def load_model(path, device="cpu"):
 def save_weights(path, model, dtype=np.float32, extra=None):
     """Weights only (no optimizer), optionally in float16 to halve the file."""
     arrays = {f"model/{k}": v.astype(dtype) for k, v in model.state_dict().items()}
-    arrays["config"] = np.asarray(json.dumps({"model": {"width": model.width, "seed": model.seed},
-                                              **(extra or {})}))
+    arrays["config"] = np.asarray(json.dumps({"model": model.config(), **(extra or {})}))
     save_npz_atomic(path, arrays)
     return path

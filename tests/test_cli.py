@@ -79,3 +79,23 @@ def test_errors_are_one_line(tmp_path, photo, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["overfit", str(photo), "--size", "12"])
     assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_train_classification_then_evaluate(photo, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.open(photo).rotate(90 * i, expand=True).save(folder / f"p{i}.jpg")
+    out = tmp_path / "run"
+    assert cli.main(["train", str(folder), "--head", "classification", "--size", "16", "--steps", "2",
+                     "--batch-size", "2", "--width", "2", "--out", str(out), "--quiet",
+                     "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(photo), "--weights", str(out / "weights.npz"), "--size", "16",
+                     "--json", str(tmp_path / "eval.json")]) == 0
+    table = capsys.readouterr().out
+    assert "AuC" in table and "photo" in table and "mean" in table
+    import json
+
+    metrics = json.loads((tmp_path / "eval.json").read_text())["photo"]
+    assert 0 <= metrics["auc"] <= 1 and metrics["colorfulness_gray"] < 0.05

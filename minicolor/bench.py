@@ -1,0 +1,328 @@
+"""Benchmarks: minicolor's training step and conv layers, timed side by side with PyTorch.
+
+``minicolor bench`` (see ``--help``) measures, on one machine and device:
+
+    step      the whole training step (forward, MSE, backward, Adam) of ColorizationNet at the
+              chosen widths and batch sizes
+    layers    each distinct conv layer shape of the network: forward, grad-input, grad-weight
+    overfit   N training steps on one image, through the Trainer (data preparation included)
+
+Each figure is the median over ``repeat`` runs after ``warmup`` runs, with the device
+synchronised before every clock read. TFLOP/s counts 2 FLOPs per multiply-add of the conv
+layers only (they are >99% of the arithmetic). Where PyTorch is installed the same workloads
+run in PyTorch, in float32 with TF32 off, on the same device, and the table shows the
+ratio minicolor time / PyTorch time (below 1: minicolor is faster). On the GPU the conv
+layers are also timed through the NumPy reference on CuPy (im2col + cuBLAS).
+"""
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from . import backend, functional as F, optim
+from .models import ColorizationNet
+from .nn import BatchNorm2d, Conv2d, ReLU, Upsample
+from .reference import conv2d as ref_conv2d
+from .tensor import Tensor
+
+
+def _synchronize(device):
+    if device == "cuda":
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+
+
+def median_time(fn, device, warmup=2, repeat=5):
+    """Median wall time of fn() in seconds, synchronising the device around each call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def conv_flops(x_shape, w_shape, y_shape):
+    """FLOPs of one conv pass: 2 per multiply-add, N*F*Ho*Wo outputs of C*kh*kw each."""
+    return 2 * y_shape[0] * y_shape[1] * y_shape[2] * y_shape[3] * int(np.prod(w_shape[1:]))
+
+
+def step_flops(model, batch, size):
+    """Conv FLOPs of a training step: forward, grad-weight, and grad-input except the first layer."""
+    layers = model.conv_layers(batch, size)
+    per_pass = [conv_flops(x, m.weight.shape, y) for _, m, x, y in layers]
+    return 3 * sum(per_pass) - per_pass[0]
+
+
+# --- minicolor -----------------------------------------------------------------------------------
+def _batch(batch, size, device, seed=0):
+    rng = np.random.default_rng(seed)
+    l = rng.uniform(-0.5, 0.5, (batch, 1, size, size)).astype(np.float32)
+    ab = rng.uniform(-0.5, 0.5, (batch, 2, size, size)).astype(np.float32)
+    return (Tensor(backend.as_array(l, device), device=device),
+            Tensor(backend.as_array(ab, device), device=device))
+
+
+def minicolor_step(width, batch, size, device):
+    """A closure that runs one training step of ColorizationNet(width) on a fixed batch."""
+    model = ColorizationNet(width).to(device)
+    opt = optim.Adam(model.parameters(), lr=1e-4)
+    x, y = _batch(batch, size, device)
+
+    def step():
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def minicolor_conv(x_shape, conv, device, impl=None):
+    """Closures for forward, grad-input and grad-weight of one conv layer shape."""
+    impl = impl or F.implementation("conv2d", device)
+    xp = np if device != "cuda" else __import__("cupy")
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
+    w = xp.asarray(conv.weight.numpy())
+    b = xp.asarray(conv.bias.numpy())
+    geometry = tuple((v, v) if isinstance(v, int) else v for v in (conv.stride, conv.padding, conv.dilation))
+    y, saved = impl.forward(x, w, b, *geometry)
+    gy = xp.asarray(rng.standard_normal(y.shape, dtype=np.float32))
+    return {
+        "forward": lambda: impl.forward(x, w, b, *geometry),
+        "grad-input": lambda: impl.backward_data(gy, w, x.shape, *geometry),
+        "grad-weight": lambda: impl.backward_weight(gy, saved, w.shape, *geometry),
+    }
+
+
+# --- PyTorch, the yardstick ---------------------------------------------------------------------
+def torch_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _torch_setup(device):
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return torch, ("cuda" if device == "cuda" else "cpu")
+
+
+def to_torch(model):
+    """The same network in PyTorch, with the same weights (a benchmark and test oracle only)."""
+    import torch
+
+    layers = []
+    for _, module in model.named_modules():
+        if isinstance(module, Conv2d):
+            conv = torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                                   module.stride, module.padding, module.dilation)
+            conv.weight.data = torch.tensor(module.weight.numpy())
+            conv.bias.data = torch.tensor(module.bias.numpy())
+            layers.append(conv)
+        elif isinstance(module, ReLU):
+            layers.append(torch.nn.ReLU())
+        elif isinstance(module, BatchNorm2d):
+            layers.append(torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum))
+        elif isinstance(module, Upsample):
+            kwargs = {"align_corners": False} if module.mode == "bilinear" else {}
+            layers.append(torch.nn.Upsample(scale_factor=module.scale_factor, mode=module.mode, **kwargs))
+    return torch.nn.Sequential(*layers)
+
+
+def torch_step(width, batch, size, device):
+    torch, dev = _torch_setup(device)
+    model = to_torch(ColorizationNet(width)).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x, y = (torch.tensor(t.numpy(), device=dev) for t in _batch(batch, size, "cpu"))
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def torch_conv(x_shape, conv, device):
+    torch, dev = _torch_setup(device)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.standard_normal(x_shape, dtype=np.float32), device=dev, requires_grad=True)
+    w = torch.tensor(conv.weight.numpy(), device=dev, requires_grad=True)
+    b = torch.tensor(conv.bias.numpy(), device=dev, requires_grad=True)
+    args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    y = torch.nn.functional.conv2d(x, w, b, **args)
+    gy = torch.randn_like(y)
+
+    def grad(which):
+        return lambda: torch.autograd.grad(y, which, gy, retain_graph=True)
+
+    return {
+        "forward": lambda: torch.nn.functional.conv2d(x, w, b, **args),
+        "grad-input": grad([x]),
+        "grad-weight": grad([w, b]),
+    }
+
+
+# --- the runs ---------------------------------------------------------------------------------------
+def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, layer_width=None,
+        overfit_steps=400, warmup=2, repeat=5, torch=None, log=print):
+    """Run the benchmark; returns a dict of results (also what --json writes)."""
+    backend.check_device(device)
+    torch = torch_available() if torch is None else torch
+    results = {"machine": machine(device), "device": device, "size": size, "steps": [],
+               "layers": [], "overfit": None}
+    if torch:
+        torch_module, _ = _torch_setup(device)
+        if device == "cpu":
+            torch_module.set_num_threads(max(1, backend.cpu_count()))
+    for width in widths:
+        for batch in batches:
+            flops = step_flops(ColorizationNet(width), batch, size)
+            row = {"width": width, "batch": batch, "flops": flops}
+            row["minicolor_s"] = median_time(minicolor_step(width, batch, size, device), device, warmup, repeat)
+            if torch:
+                row["torch_s"] = median_time(torch_step(width, batch, size, device), device, warmup, repeat)
+            results["steps"].append(row)
+            log(format_step(row))
+    if layer_batch:
+        model = ColorizationNet(layer_width or widths[-1])
+        seen = set()
+        for name, conv, x_shape, y_shape in model.conv_layers(layer_batch, size):
+            key = (x_shape, conv.weight.shape, conv.stride, conv.dilation)
+            if key in seen:
+                continue
+            seen.add(key)
+            flops = conv_flops(x_shape, conv.weight.shape, y_shape)
+            impls = {"minicolor": minicolor_conv(x_shape, conv, device)}
+            if device == "cuda":
+                impls["reference"] = minicolor_conv(x_shape, conv, device, ref_conv2d)
+            if torch:
+                impls["torch"] = torch_conv(x_shape, conv, device)
+            for pass_name in ("forward", "grad-input", "grad-weight"):
+                row = {"layer": name, "x": list(x_shape), "w": list(conv.weight.shape),
+                       "stride": conv.stride, "dilation": conv.dilation, "pass": pass_name,
+                       "flops": flops}
+                for impl_name, fns in impls.items():
+                    row[f"{impl_name}_s"] = median_time(fns[pass_name], device, warmup, repeat)
+                results["layers"].append(row)
+                log(format_layer(row))
+    if overfit_steps:
+        results["overfit"] = overfit_timing(device, overfit_steps, size, torch)
+        log(format_overfit(results["overfit"]))
+    return results
+
+
+def overfit_timing(device, steps, size, torch):
+    """Seconds for ``steps`` training steps on one image through the Trainer (width 16, batch 1)."""
+    from .data import Subset
+    from .train import Trainer
+
+    class OneImage:
+        def __init__(self):
+            rgb = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+            from .data import rgb_to_l_ab
+
+            self.l, self.ab = rgb_to_l_ab(rgb)
+
+        def __len__(self):
+            return 1
+
+        def batch(self, indices, rng=None):
+            return self.l[indices], self.ab[indices]
+
+    trainer = Trainer(ColorizationNet(16), Subset(OneImage(), [0]), device=device, progress=False,
+                      log_every=10**9, out_dir="/tmp/minicolor-bench")
+    _synchronize(device)
+    start = time.perf_counter()
+    trainer.fit(steps)
+    _synchronize(device)
+    out = {"steps": steps, "minicolor_s": time.perf_counter() - start}
+    if torch:
+        step = torch_step(16, 1, size, device)
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _synchronize(device)
+        out["torch_s"] = time.perf_counter() - start
+    return out
+
+
+def machine(device):
+    info = {"python": platform.python_version(), "numpy": np.__version__,
+            "platform": platform.platform(), "processor": _cpu_name(), "cores": backend.cpu_count()}
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+    except ImportError:
+        pass
+    if torch_available():
+        import torch
+
+        info["torch"] = torch.__version__
+    if device == "cuda":
+        import cupy
+
+        info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        info["cupy"] = cupy.__version__
+    return info
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# --- printing -----------------------------------------------------------------------------------------
+def _ratio(row):
+    return f"{row['minicolor_s'] / row['torch_s']:.2f}" if "torch_s" in row else "-"
+
+
+def format_step(row):
+    t = row["minicolor_s"]
+    torch_part = (f" | torch {row['torch_s'] * 1e3:9.1f} ms {row['batch'] / row['torch_s']:8.1f} img/s"
+                  f" | ratio {_ratio(row)}") if "torch_s" in row else ""
+    return (f"step  width {row['width']:3d} batch {row['batch']:3d} | minicolor {t * 1e3:9.1f} ms "
+            f"{row['batch'] / t:8.1f} img/s {row['flops'] / t / 1e12:6.2f} TFLOP/s{torch_part}")
+
+
+def format_layer(row):
+    parts = [f"layer {row['layer']:<9} {'x'.join(map(str, row['x'][1:])):>12} -> {row['w'][0]:4d} "
+             f"s{row['stride']} d{row['dilation']} {row['pass']:<11}"]
+    for impl in ("minicolor", "reference", "torch"):
+        if f"{impl}_s" in row:
+            t = row[f"{impl}_s"]
+            parts.append(f"{impl} {t * 1e3:8.2f} ms {row['flops'] / t / 1e12:6.2f} TFLOP/s")
+    parts.append(f"ratio {_ratio(row)}")
+    return " | ".join(parts)
+
+
+def format_overfit(row):
+    torch_part = f" | torch {row['torch_s']:.1f} s | ratio {_ratio(row)}" if "torch_s" in row else ""
+    return f"overfit {row['steps']} steps (width 16, batch 1) | minicolor {row['minicolor_s']:.1f} s{torch_part}"
+
+
+def save_json(results, path):
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)

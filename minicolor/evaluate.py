@@ -1,0 +1,81 @@
+"""Evaluate a model on photos it has never seen: AuC, PSNR and colorfulness, beside baselines.
+
+For each photo the model colors its gray version (at the network's size, ab resized back to
+the photo's size, as ``minicolor colorize`` does). Then:
+
+    AuC           Zhang et al.: the share of pixels whose ab error is within t, averaged over
+                  t = 0..150 (1 is perfect); for the model and for the gray baseline (ab = 0)
+    PSNR          of the RGB result against the photo, in dB; model and gray baseline
+    colorfulness  Hasler and Suesstrunk (2003) of the model's result, the gray baseline (0)
+                  and the photo itself (how colorful it really is)
+
+The standard held-out photos come with scikit-image, scikit-learn and matplotlib (bundled in
+their wheels, nothing is downloaded): ``standard_images()``.
+"""
+import numpy as np
+
+from .color import gray_to_rgb, lab_to_rgb, rgb_to_lab
+from .colorize import predict_lab
+from .data import load_rgb
+from .metrics import auc, colorfulness, psnr
+
+STANDARD = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "china", "flower", "grace_hopper")
+
+
+def standard_images():
+    """{name: RGB uint8} of the eight standard held-out photos (needs scikit-image and scikit-learn)."""
+    try:
+        from skimage import data as skdata
+        from sklearn.datasets import load_sample_image
+    except ImportError as exc:
+        raise RuntimeError("the standard images need scikit-image and scikit-learn: "
+                           "pip install scikit-image scikit-learn") from exc
+    import matplotlib.cbook
+
+    images = {name: getattr(skdata, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")}
+    images["motorcycle"] = skdata.stereo_motorcycle()[0]
+    images["china"] = load_sample_image("china.jpg")
+    images["flower"] = load_sample_image("flower.jpg")
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        images["grace_hopper"] = load_rgb(f)
+    return images
+
+
+def evaluate_rgb(model, rgb, size=224):
+    """The metrics of one photo (RGB uint8) as a dict."""
+    truth = rgb_to_lab(rgb.astype(np.float64) / 255.0)
+    truth_rgb = rgb.astype(np.float64) / 255.0
+    pred = predict_lab(model, rgb, size)
+    pred_rgb = lab_to_rgb(pred)
+    gray_rgb = gray_to_rgb(truth[..., 0])
+    ab_true = np.moveaxis(truth[..., 1:], -1, 0)
+    return {
+        "auc": auc(np.moveaxis(pred[..., 1:], -1, 0), ab_true),
+        "auc_gray": auc(np.zeros_like(ab_true), ab_true),
+        "psnr": psnr(pred_rgb, truth_rgb),
+        "psnr_gray": psnr(gray_rgb, truth_rgb),
+        "colorfulness": colorfulness(pred_rgb),
+        "colorfulness_gray": colorfulness(gray_rgb),
+        "colorfulness_truth": colorfulness(truth_rgb),
+    }
+
+
+def evaluate(model, images, size=224):
+    """{name: metrics} for {name: RGB uint8}, plus "mean" over them."""
+    results = {name: evaluate_rgb(model, rgb, size) for name, rgb in images.items()}
+    keys = next(iter(results.values())).keys()
+    results["mean"] = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}
+    return results
+
+
+def format_table(results):
+    header = (f"{'image':<14}{'AuC':>7}{'gray':>7}{'PSNR':>8}{'gray':>7}"
+              f"{'colorful':>10}{'gray':>6}{'truth':>7}")
+    lines = [header, "-" * len(header)]
+    for name, r in results.items():
+        if name == "mean":
+            lines.append("-" * len(header))
+        lines.append(f"{name:<14}{r['auc']:>7.3f}{r['auc_gray']:>7.3f}{r['psnr']:>8.2f}"
+                     f"{r['psnr_gray']:>7.2f}{r['colorfulness']:>10.1f}{r['colorfulness_gray']:>6.1f}"
+                     f"{r['colorfulness_truth']:>7.1f}")
+    return "\n".join(lines)
