@@ -113,6 +113,26 @@ def cmd_evaluate(args):
         Path(args.json).write_text(json.dumps(results, indent=1))
 
 
+def cmd_activations(args):
+    from .activations import save_activation_grid
+    from .color import rgb_to_lab
+    from .data import load_rgb, resize_rgb
+
+    model = load_model_or_shipped(args.weights, args.device)
+    rgb = resize_rgb(load_rgb(args.image), args.size, args.size)
+    l = rgb_to_lab(rgb.astype("float64") / 255.0)[..., 0]
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    chosen = save_activation_grid(args.output, model, l, seed=args.seed)
+    print(f"{args.output}: " + ", ".join(f"{name} kernel {k}" for name, k in chosen.items()))
+
+
+def cmd_summary(args):
+    from .models import ColorizationNet
+    from .summary import summary
+
+    print(summary(ColorizationNet(args.width, head=args.head), size=args.size, batch=args.batch))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minicolor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,6 +206,29 @@ def build_parser():
     p.add_argument("--size", type=_size, default=224, help="size the network runs at (default 224)")
     device_option(p, "cpu")
     p.set_defaults(run=cmd_colorize)
+
+    p = sub.add_parser("activations", help="draw one kernel's activation per conv layer",
+                       description="Run one photo through a trained network and draw, one row "
+                                   "per group, the activation of a seeded random kernel of each "
+                                   "conv layer (the report's figure).")
+    p.add_argument("image", help="the photo (made gray first)")
+    p.add_argument("--weights", default=None,
+                   help="a weights.npz or checkpoint.npz (default: the weights shipped with minicolor)")
+    p.add_argument("-o", "--output", default="activations.png", help="the PNG to write (default activations.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kernel choice (default 0)")
+    p.add_argument("--size", type=_size, default=224, help="size the photo is resized to (default 224)")
+    device_option(p, "cpu")
+    p.set_defaults(run=cmd_activations)
+
+    p = sub.add_parser("summary", help="per-layer output shapes, parameters and FLOPs",
+                       description="Print every layer of ColorizationNet with its output shape, "
+                                   "parameter count and FLOPs at the given input size, and totals.")
+    p.add_argument("--width", type=_positive, default=16, help="width multiplier m (default 16)")
+    p.add_argument("--head", choices=["regression", "classification"], default="regression",
+                   help="which head (default regression)")
+    p.add_argument("--size", type=_size, default=224, help="input size (default 224)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    p.set_defaults(run=cmd_summary)
 
     p = sub.add_parser("evaluate", help="AuC, PSNR and colorfulness on held-out photos",
                        description="Color held-out photos and print, per photo and in total, "

@@ -1,4 +1,4 @@
-"""Pictures: loss curves and sample grids (activation grids live in inspect.py).
+"""Pictures: loss curves and sample grids (activation grids live in activations.py).
 
 Everything draws with matplotlib's Agg backend into PNG files; nothing opens a window.
 """

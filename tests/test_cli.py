@@ -99,3 +99,22 @@ def test_train_classification_then_evaluate(photo, tmp_path, capsys):
 
     metrics = json.loads((tmp_path / "eval.json").read_text())["photo"]
     assert 0 <= metrics["auc"] <= 1 and metrics["colorfulness_gray"] < 0.05
+
+
+def test_summary(capsys):
+    assert cli.main(["summary", "--width", "16", "--size", "224"]) == 0
+    out = capsys.readouterr().out
+    assert "1,955,026" in out and "group5.0" in out and "(1, 128, 28, 28)" in out
+
+
+def test_activations_figure(photo, tmp_path, capsys):
+    from minicolor.models import ColorizationNet
+    from minicolor.train import save_weights
+
+    weights = save_weights(tmp_path / "w.npz", ColorizationNet(2))
+    figure = tmp_path / "fig" / "act.png"
+    assert cli.main(["activations", str(photo), "--weights", str(weights), "-o", str(figure),
+                     "--size", "32", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "group1.0 kernel" in out and "group8.5 kernel" in out
+    assert Image.open(figure).size[1] > 500  # eight rows
