@@ -64,7 +64,7 @@ THREADS = ROWS * COLS
 
 # --- where the entries come from --------------------------------------------------------------
 # ``g`` is the geometry tuple: (N, C, H, W, F, KH, KW, HO, WO, SH, SW, PH, PW, DH, DW)
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _x_col(x, k, p, g):
     """Entry (k, p) of im2col(x): k = (c, i, j) of the kernel, p = (n, oh, ow) of the output."""
     kk = g[5] * g[6]
@@ -79,7 +79,7 @@ def _x_col(x, k, p, g):
     return x[n, c, ih, iw]
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _gy_at(gy, f, p, g):
     """Entry (f, p) of gy seen as an F x N*Ho*Wo matrix."""
     hw = g[7] * g[8]
@@ -88,17 +88,17 @@ def _gy_at(gy, f, p, g):
 
 
 # forward: y = w (F x K) @ cols (K x P)
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _fwd_a(w, f, k, g):
     return w[f, k]
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _fwd_b(x, k, p, g):
     return _x_col(x, k, p, g)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _fwd_store(y, bias, f, p, split, value, g):
     hw = g[7] * g[8]
     n, q = p // hw, p % hw
@@ -106,14 +106,14 @@ def _fwd_store(y, bias, f, p, split, value, g):
 
 
 # grad-input: gx (C x N*H*W) = wt (C x F*kh*kw) @ gy gathered (F*kh*kw x N*H*W)
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _bwd_data_a(w, c, k, g):
     kk = g[5] * g[6]
     f, r = k // kk, k % kk
     return w[f, c, r // g[6], r % g[6]]
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _bwd_data_b(gy, k, q, g):
     """gy at the output pixel that kernel tap k = (f, i, j) maps onto input pixel q = (n, ih, iw)."""
     kk = g[5] * g[6]
@@ -131,7 +131,7 @@ def _bwd_data_b(gy, k, q, g):
     return gy[n, f, oh, ow]
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _bwd_data_store(gx, unused, c, q, split, value, g):
     hw = g[2] * g[3]
     n, s = q // hw, q % hw
@@ -139,17 +139,17 @@ def _bwd_data_store(gx, unused, c, q, split, value, g):
 
 
 # grad-weight: gw (F x K) = gy (F x P) @ cols^T (P x K), one partial per split of P
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _bwd_weight_a(gy, f, p, g):
     return _gy_at(gy, f, p, g)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _bwd_weight_b(x, p, k, g):
     return _x_col(x, k, p, g)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _bwd_weight_store(partial, unused, f, k, split, value, g):
     partial[split, f, k] = value
 

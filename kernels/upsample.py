@@ -23,7 +23,7 @@ from minicolor.kernels import SIMULATOR
 THREADS = 32 if SIMULATOR else 256  # threads per block (fewer Python threads in the simulator)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _source(o, n_in, scale, bilinear):
     """Along one axis, output index o reads inputs lo and hi; returns (lo, hi, weight of hi)."""
     if not bilinear:
@@ -37,7 +37,7 @@ def _source(o, n_in, scale, bilinear):
     return lo, hi, src - lo
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True)
 def _weight(o, i, n_in, scale, bilinear):
     """The weight of input index i in output index o, along one axis."""
     lo, hi, frac = _source(o, n_in, scale, bilinear)
