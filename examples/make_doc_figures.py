@@ -1,0 +1,103 @@
+"""Regenerate the pictures in docs/img/ (and print the numbers the docs quote).
+
+    python examples/make_doc_figures.py              # everything, on the CPU (a few minutes)
+    python examples/make_doc_figures.py --skip-overfit
+
+1. The report's experiment on the bridge photo (examples/overfit_bridge.py): grids at steps
+   100 and 400 and the loss curve -> docs/img/bridge_step100.png, bridge_step400.png,
+   bridge_loss.png, and its table on stdout.
+2. The activation figure of the shipped model on the bridge photo -> docs/img/activations.png.
+3. The model card's gallery of held-out photos: gray input | regression | classification |
+   truth -> docs/img/gallery.png, from the shipped weights and the other head's weights in
+   examples/weights/ (needs scikit-image and scikit-learn for the standard photos).
+"""
+import argparse
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from minicolor.activations import save_activation_grid  # noqa: E402
+from minicolor.color import gray_to_rgb, rgb_to_lab  # noqa: E402
+from minicolor.colorize import colorize_rgb, shipped_weights  # noqa: E402
+from minicolor.data import load_rgb, resize_rgb  # noqa: E402
+from minicolor.evaluate import standard_images  # noqa: E402
+from minicolor.overfit import format_table, overfit  # noqa: E402
+from minicolor.train import load_model  # noqa: E402
+
+HERE = Path(__file__).parent
+IMG = HERE.parent / "docs" / "img"
+BRIDGE = HERE / "roebling-bridge.jpg"
+
+
+def bridge_figures(out):
+    summary = overfit(BRIDGE, steps=400, out_dir=out, progress=False)
+    print(format_table(summary))
+    for name in ("bridge_step100.png", "bridge_step400.png"):
+        shutil.copy(out / name, IMG / name)
+    shutil.copy(out / "loss.png", IMG / "bridge_loss.png")
+
+
+def activation_figure(weights):
+    model = load_model(weights)
+    rgb = resize_rgb(load_rgb(BRIDGE), 224, 224)
+    l = rgb_to_lab(rgb / 255.0)[..., 0]
+    chosen = save_activation_grid(IMG / "activations.png", model, l, seed=0,
+                                  title=f"Activations of the shipped model ({Path(weights).name}) "
+                                        "on the bridge photo, one random kernel per conv layer")
+    print("activations:", chosen)
+
+
+def gallery(models, names, path, max_side=320):
+    images = standard_images()
+    names = names or list(images)
+    columns = ["gray input"] + list(models) + ["truth"]
+    fig, axes = plt.subplots(len(names), len(columns), figsize=(2.4 * len(columns), 2.0 * len(names)),
+                             dpi=90, squeeze=False)
+    for r, name in enumerate(names):
+        rgb = images[name]
+        scale = max_side / max(rgb.shape[:2])
+        if scale < 1:
+            rgb = resize_rgb(rgb, round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
+        gray = gray_to_rgb(rgb_to_lab(rgb / 255.0)[..., 0])
+        pictures = [gray] + [colorize_rgb(m, rgb) for m in models.values()] + [rgb]
+        for c, picture in enumerate(pictures):
+            axes[r, c].imshow(picture)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(columns[c], fontsize=10)
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-overfit", action="store_true", help="keep the bridge figures as they are")
+    parser.add_argument("--out", default="runs/doc_figures", help="scratch folder for the overfit run")
+    args = parser.parse_args()
+    IMG.mkdir(parents=True, exist_ok=True)
+    if not args.skip_overfit:
+        bridge_figures(Path(args.out))
+    shipped = shipped_weights()
+    if shipped is None:
+        print("no shipped weights: skipping the activation figure and the gallery")
+        return
+    activation_figure(shipped)
+    models = {}
+    for path in [shipped] + sorted((HERE / "weights").glob("*.npz")):
+        model = load_model(path)
+        models.setdefault(model.head_kind, model)
+    models = {kind: models[kind] for kind in ("regression", "classification") if kind in models}
+    gallery(models, None, IMG / "gallery.png")
+    print("wrote", ", ".join(str(p) for p in sorted(IMG.glob("*.png"))))
+
+
+if __name__ == "__main__":
+    main()
