@@ -19,7 +19,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from minicolor.activations import save_activation_grid  # noqa: E402
 from minicolor.color import gray_to_rgb, rgb_to_lab  # noqa: E402

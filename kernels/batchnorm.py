@@ -7,9 +7,9 @@ Read minicolor/reference/batchnorm.py first. Batchnorm is two kinds of work:
     elementwise  y = xhat * weight + bias  and  gx = (gy - ...) * inv_std * weight
 
 Reductions: one block per channel. Each of the block's 256 threads walks a strided share of
-the channel's values and sums them in a register; then the block adds the 256 partial sums
-in shared memory by halving: threads 0..127 add the upper half onto the lower, then
-0..63, ..., until slot 0 holds the channel's total (8 steps, a syncthreads after each).
+the channel's values and sums them in a register; then ``reduce.block_sum`` adds the 256
+partial sums in shared memory by halving: threads 0..127 add the upper half onto the lower,
+then 0..63, ..., until slot 0 holds the channel's total (8 steps, a syncthreads after each).
 No atomics: every value is read once and every addition is ordered, so results do not depend
 on scheduling. Forward runs two such reductions in one kernel: first the mean, then the
 variance as the mean of (x - mean)^2 (more accurate in float32 than E[x^2] - mean^2).
@@ -24,25 +24,9 @@ from numba import cuda
 from minicolor.backend import get_array_module
 import minicolor.kernels as kernels
 from minicolor.kernels import SIMULATOR
+from minicolor.kernels.reduce import block_sum
 
 THREADS = 32 if SIMULATOR else 256  # threads per block (fewer Python threads in the simulator)
-
-
-@cuda.jit(device=True)
-def _block_sum(partial, value):
-    """Sum ``value`` over the block's threads with a shared-memory tree; every thread gets it."""
-    tid = cuda.threadIdx.x
-    partial[tid] = value
-    cuda.syncthreads()
-    stride = THREADS // 2
-    while stride > 0:
-        if tid < stride:
-            partial[tid] += partial[tid + stride]
-        cuda.syncthreads()
-        stride //= 2
-    total = partial[0]
-    cuda.syncthreads()  # everyone has read slot 0 before the next reduction reuses it
-    return total
 
 
 @cuda.jit
@@ -56,13 +40,13 @@ def _stats(x, mean, var, running_mean, running_var, momentum):
     for e in range(tid, m, THREADS):
         q = e % hw
         total += x[e // hw, c, q // w, q % w]
-    mu = _block_sum(partial, total) / m
+    mu = block_sum(partial, total) / m
     total = 0.0
     for e in range(tid, m, THREADS):
         q = e % hw
         d = x[e // hw, c, q // w, q % w] - mu
         total += d * d
-    sigma2 = _block_sum(partial, total) / m
+    sigma2 = block_sum(partial, total) / m
     if tid == 0:  # the running estimates move towards mu and the *unbiased* variance
         mean[c] = mu
         var[c] = sigma2
@@ -96,8 +80,8 @@ def _grad_sums(gy, xhat, gweight, gbias):
         g = gy[e // hw, c, q // w, q % w]
         sum_gy += g
         sum_gy_xhat += g * xhat[e // hw, c, q // w, q % w]
-    total_gy = _block_sum(partial, sum_gy)
-    total_gy_xhat = _block_sum(partial, sum_gy_xhat)
+    total_gy = block_sum(partial, sum_gy)
+    total_gy_xhat = block_sum(partial, sum_gy_xhat)
     if tid == 0:
         gbias[c] = total_gy
         gweight[c] = total_gy_xhat

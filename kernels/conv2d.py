@@ -52,6 +52,7 @@ from numba import cuda
 from minicolor.backend import get_array_module
 import minicolor.kernels as kernels
 from minicolor.kernels import SIMULATOR
+from minicolor.kernels.reduce import block_sum
 
 BM, BN, BK = 64, 64, 8  # tile of C per block; slice of the reduction per stage
 TM, TN = 4, 4  # micro-tile per thread
@@ -222,24 +223,17 @@ def _kernels(dtype):
 @cuda.jit
 def _bias_grad(gy, gb, n, f_count, hw):
     """gb[f] = sum of gy[:, f]: one block per channel f; each thread sums a strided share of
-    the channel's N*Ho*Wo values in a register, then the block adds its 128 partial sums in
-    shared memory by halving (tree reduction), and thread 0 writes the total."""
+    the channel's N*Ho*Wo values in a register, then the block adds its partial sums in
+    shared memory (reduce.block_sum), and thread 0 writes the total."""
     partial = cuda.shared.array(BIAS_THREADS, numba.float64)
     f, tid = cuda.blockIdx.x, cuda.threadIdx.x
     total = 0.0
     for e in range(tid, n * hw, BIAS_THREADS):
         q = e % hw
         total += gy[e // hw, f, q // gy.shape[3], q % gy.shape[3]]
-    partial[tid] = total
-    cuda.syncthreads()
-    stride = BIAS_THREADS // 2
-    while stride > 0:
-        if tid < stride:
-            partial[tid] += partial[tid + stride]
-        cuda.syncthreads()
-        stride //= 2
+    total = block_sum(partial, total)
     if tid == 0:
-        gb[f] = partial[0]
+        gb[f] = total
 
 
 @cuda.jit

@@ -4,8 +4,8 @@ Read minicolor/reference/mse.py first.
 
 forward   each thread squares the differences of a strided share of the values (writing the
           differences out for backward) and sums them in a register; each block adds its
-          threads' sums in shared memory (a halving tree, as in batchnorm.py) and writes one
-          partial sum; the few hundred partial sums are added on the host side with xp.sum.
+          threads' sums in shared memory (reduce.block_sum) and writes one partial sum;
+          the few hundred partial sums are added on the host side with xp.sum.
 backward  one thread per value: gpred = 2 * diff / n * g (g stays on the device: no host sync).
 """
 import math
@@ -16,6 +16,7 @@ from numba import cuda
 from minicolor.backend import get_array_module
 import minicolor.kernels as kernels
 from minicolor.kernels import SIMULATOR
+from minicolor.kernels.reduce import block_sum
 
 THREADS = 32 if SIMULATOR else 256  # threads per block (fewer Python threads in the simulator)
 MAX_BLOCKS = 256
@@ -30,16 +31,9 @@ def _forward(pred, target, diff, partial_sums):
         d = pred[e] - target[e]
         diff[e] = d
         total += d * d
-    partial[tid] = total
-    cuda.syncthreads()
-    stride = THREADS // 2
-    while stride > 0:
-        if tid < stride:
-            partial[tid] += partial[tid + stride]
-        cuda.syncthreads()
-        stride //= 2
+    total = block_sum(partial, total)
     if tid == 0:
-        partial_sums[cuda.blockIdx.x] = partial[0]
+        partial_sums[cuda.blockIdx.x] = total
 
 
 @cuda.jit

@@ -17,6 +17,16 @@ def photo(tmp_path, rng):
     return path
 
 
+@pytest.fixture
+def folder(photo, tmp_path):
+    """Three photos: the test photo turned by 0, 90 and 180 degrees."""
+    path = tmp_path / "photos"
+    path.mkdir()
+    for i in range(3):
+        Image.open(photo).rotate(90 * i, expand=True).save(path / f"p{i}.jpg")
+    return path
+
+
 @pytest.mark.parametrize("command", ["overfit", "train", "colorize"])
 def test_help_explains_every_option(command, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -39,11 +49,7 @@ def test_overfit(photo, tmp_path, capsys):
     assert (tmp_path / "o" / "loss.png").exists()
 
 
-def test_train_folder_then_colorize(photo, tmp_path, capsys):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(3):
-        Image.open(photo).rotate(90 * i, expand=True).save(folder / f"p{i}.jpg")
+def test_train_folder_then_colorize(photo, folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", str(folder), "--size", "16", "--steps", "3", "--batch-size", "2",
                      "--width", "2", "--out", str(out), "--quiet", "--device", "cpu",
@@ -81,11 +87,7 @@ def test_errors_are_one_line(tmp_path, photo, capsys, monkeypatch):
     assert "multiple of 8" in capsys.readouterr().err
 
 
-def test_train_classification_then_evaluate(photo, tmp_path, capsys):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(3):
-        Image.open(photo).rotate(90 * i, expand=True).save(folder / f"p{i}.jpg")
+def test_train_classification_then_evaluate(photo, folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", str(folder), "--head", "classification", "--size", "16", "--steps", "2",
                      "--batch-size", "2", "--width", "2", "--out", str(out), "--quiet",
