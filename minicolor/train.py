@@ -59,6 +59,7 @@ class Trainer:
         self.checkpoint_every, self.sample_every = checkpoint_every, sample_every
         self.n_samples, self.progress = n_samples, progress
         self.step = 0
+        self.objective = None
         self.history = {"train": [], "val": []}  # lists of (step, loss in Lab units)
 
     # --- one step ---------------------------------------------------------------------------
@@ -76,6 +77,8 @@ class Trainer:
         self.optimizer.zero_grad()
         loss, mse = self.model.loss(x, y)
         value = float(mse.item()) * LOSS_UNIT
+        # what is minimised, when it is not the MSE (the classification head's cross-entropy)
+        self.objective = None if loss is mse else float(loss.item())
         if not np.isfinite(value):
             raise TrainingDiverged(
                 f"the loss became {value} at step {self.step + 1}; training stopped before "
@@ -115,7 +118,10 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{speed:.1f}")
                 if self.step % self.log_every == 0 or self.step == steps:
-                    self.log({"step": self.step, "loss": loss, "images_per_s": speed})
+                    record = {"step": self.step, "loss": loss, "images_per_s": speed}
+                    if self.objective is not None:
+                        record["cross_entropy"] = self.objective
+                    self.log(record)
                 if self._due(self.val_every, steps) and self.val_set is not None and len(self.val_set):
                     val = self.validate()
                     self.history["val"].append((self.step, val))

@@ -93,12 +93,14 @@ def test_train_classification_then_evaluate(photo, folder, tmp_path, capsys):
                      "--batch-size", "2", "--width", "2", "--out", str(out), "--quiet",
                      "--device", "cpu"]) == 0
     capsys.readouterr()
+    import json
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["cross_entropy"] > 0 for r in records if "loss" in r)
     assert cli.main(["evaluate", str(photo), "--weights", str(out / "weights.npz"), "--size", "16",
                      "--json", str(tmp_path / "eval.json")]) == 0
     table = capsys.readouterr().out
     assert "AuC" in table and "photo" in table and "mean" in table
-    import json
-
     metrics = json.loads((tmp_path / "eval.json").read_text())["photo"]
     assert 0 <= metrics["auc"] <= 1 and metrics["colorfulness_gray"] < 0.05
 
