@@ -40,7 +40,8 @@ def cmd_train(args):
     if args.format == "kaggle":
         dataset = KaggleColorization(args.data, limit=args.limit, flip=True)
     else:
-        dataset = ImageFolder(args.data, size=args.size, resize=args.resize, on_error=args.on_error)
+        dataset = ImageFolder(args.data, size=args.size, resize=args.resize, on_error=args.on_error,
+                              zoom=(1.0, args.zoom))
     train_set, val_set = split(dataset, args.val_fraction, seed=args.seed)
     print(f"{len(train_set)} training images, {len(val_set)} held out for validation")
     model = ColorizationNet(args.width, seed=args.seed, head=args.head)
@@ -177,6 +178,9 @@ def build_parser():
     p.add_argument("--resize", type=int, default=None,
                    help="folder data: resize each photo's shorter side to this before random "
                         "crops (default: --size, so crops cover most of the photo)")
+    p.add_argument("--zoom", type=float, default=1.0,
+                   help="folder data: random crops span --size to --size x ZOOM pixels of the "
+                        "resized photo and are scaled down to --size (default 1: no zoom)")
     p.add_argument("--limit", type=int, default=None, help="kaggle: use only the first N images")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of whole images held out for validation (default 0.1)")

@@ -136,12 +136,16 @@ class ImageFolder:
     and keep the list in ``skipped``). Photos are kept in memory as uint8.
     """
 
-    def __init__(self, root, size=224, resize=None, on_error="raise", fit="crop", flip=True):
+    def __init__(self, root, size=224, resize=None, on_error="raise", fit="crop", flip=True,
+                 zoom=(1.0, 1.0)):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if fit not in ("crop", "squash"):
             raise ValueError(f"fit must be 'crop' or 'squash', got {fit!r}")
         self.size, self.resize, self.flip = size, resize or size, flip
+        self.zoom = tuple(float(z) for z in zoom)
+        if len(self.zoom) != 2 or not 1.0 <= self.zoom[0] <= self.zoom[1]:
+            raise ValueError(f"zoom must be (lo, hi) with 1 <= lo <= hi, got {zoom!r}")
         if self.resize < size:
             raise ValueError(f"resize ({self.resize}) must be at least size ({size})")
         paths = self._list(root)
@@ -178,14 +182,24 @@ class ImageFolder:
         return len(self.images)
 
     def crop(self, i, rng=None):
-        """The size x size RGB crop of photo i: random (and maybe flipped) with rng, else central."""
+        """The size x size RGB crop of photo i: random (and maybe flipped) with rng, else central.
+
+        With ``zoom=(lo, hi)`` a random crop covers size * z pixels (z uniform in lo..hi, at
+        most the photo's shorter side) and is scaled down to size: the network sees things at
+        several scales.
+        """
         img, s = self.images[i], self.size
         h, w = img.shape[:2]
+        side = s
+        if rng is not None and self.zoom != (1.0, 1.0):
+            side = min(int(s * rng.uniform(*self.zoom)), h, w)
         if rng is None:
-            top, left = (h - s) // 2, (w - s) // 2
+            top, left = (h - side) // 2, (w - side) // 2
         else:
-            top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        out = img[top : top + s, left : left + s]
+            top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        out = img[top : top + side, left : left + side]
+        if side != s:
+            out = resize_rgb(np.ascontiguousarray(out), s, s)
         if rng is not None and self.flip and rng.random() < 0.5:
             out = out[:, ::-1]
         return out

@@ -97,6 +97,15 @@ def test_image_folder_crops_and_flips_deterministically(tmp_path, rng):
     assert not np.array_equal(a[0], center[0]) or not np.array_equal(a[1], center[1])
 
 
+def test_zoomed_crops(tmp_path, rng):
+    make_folder(tmp_path, rng)
+    ds = ImageFolder(tmp_path, size=8, resize=30, zoom=(2.0, 3.0))
+    l, ab = ds.batch([0, 1, 2], np.random.default_rng(1))
+    assert l.shape == (3, 8, 8) and ab.shape == (3, 2, 8, 8)
+    with pytest.raises(ValueError, match="zoom must be"):
+        ImageFolder(tmp_path, size=8, zoom=(0.5, 1.0))
+
+
 def test_unreadable_image_is_named(tmp_path, rng):
     make_folder(tmp_path, rng)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
