@@ -46,17 +46,17 @@ def activation_figure(weights):
     rgb = resize_rgb(load_rgb(BRIDGE), 224, 224)
     l = rgb_to_lab(rgb / 255.0)[..., 0]
     chosen = save_activation_grid(IMG / "activations.png", model, l, seed=0,
-                                  title=f"Activations of the shipped model ({Path(weights).name}) "
-                                        "on the bridge photo, one random kernel per conv layer")
+                                  title=f"Shipped model ({Path(weights).name}) on the bridge photo:\n"
+                                        "one random kernel's activation per conv layer")
     print("activations:", chosen)
 
 
-def gallery(models, names, path, max_side=320):
+def gallery(models, names, path, max_side=240):
     images = standard_images()
     names = names or list(images)
     columns = ["gray input"] + list(models) + ["truth"]
     fig, axes = plt.subplots(len(names), len(columns), figsize=(2.4 * len(columns), 2.0 * len(names)),
-                             dpi=90, squeeze=False)
+                             dpi=64, squeeze=False)
     for r, name in enumerate(names):
         rgb = images[name]
         scale = max_side / max(rgb.shape[:2])

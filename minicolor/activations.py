@@ -44,7 +44,7 @@ def record_activations(model, l):
     return records
 
 
-def save_activation_grid(path, model, l, seed=0, channels=None, title=None):
+def save_activation_grid(path, model, l, seed=0, channels=None, title=None, dpi=72):
     """Draw one kernel's activation per conv layer, one row per group; returns the choices.
 
     ``channels`` maps layer name -> kernel index; layers not in it get a seeded random kernel.
@@ -54,8 +54,8 @@ def save_activation_grid(path, model, l, seed=0, channels=None, title=None):
     chosen = {}
     rows = sorted({g for g, _, _ in records})
     columns = max(sum(1 for g2, _, _ in records if g2 == g) for g in rows)
-    fig, axes = plt.subplots(len(rows), columns + 1, figsize=(2.0 * (columns + 1), 2.0 * len(rows) + 0.5),
-                             dpi=100, squeeze=False)
+    fig, axes = plt.subplots(len(rows), columns + 1, figsize=(2.0 * (columns + 1), 2.0 * len(rows) + 0.7),
+                             dpi=dpi, squeeze=False)
     for r, g in enumerate(rows):
         layers = [(name, act) for g2, name, act in records if g2 == g]
         axes[r, 0].imshow(l, cmap="gray", vmin=0, vmax=100)
