@@ -66,15 +66,22 @@ THREADS = ROWS * COLS
 # --- where the entries come from --------------------------------------------------------------
 # ``g`` is the geometry tuple: (N, C, H, W, F, KH, KW, HO, WO, SH, SW, PH, PW, DH, DW)
 @cuda.jit(device=True)
+def _output_pixel(p, g):
+    """Column p of an N*Ho*Wo-wide matrix -> output pixel (n, oh, ow)."""
+    hw = g[7] * g[8]
+    n, q = p // hw, p % hw
+    return n, q // g[8], q % g[8]
+
+
+@cuda.jit(device=True)
 def _x_col(x, k, p, g):
     """Entry (k, p) of im2col(x): k = (c, i, j) of the kernel, p = (n, oh, ow) of the output."""
     kk = g[5] * g[6]
     c, r = k // kk, k % kk
     i, j = r // g[6], r % g[6]
-    hw = g[7] * g[8]
-    n, q = p // hw, p % hw
-    ih = (q // g[8]) * g[9] - g[11] + i * g[13]
-    iw = (q % g[8]) * g[10] - g[12] + j * g[14]
+    n, oh, ow = _output_pixel(p, g)
+    ih = oh * g[9] - g[11] + i * g[13]
+    iw = ow * g[10] - g[12] + j * g[14]
     if ih < 0 or ih >= g[2] or iw < 0 or iw >= g[3]:
         return 0.0  # zero padding
     return x[n, c, ih, iw]
@@ -83,9 +90,8 @@ def _x_col(x, k, p, g):
 @cuda.jit(device=True)
 def _gy_at(gy, f, p, g):
     """Entry (f, p) of gy seen as an F x N*Ho*Wo matrix."""
-    hw = g[7] * g[8]
-    n, q = p // hw, p % hw
-    return gy[n, f, q // g[8], q % g[8]]
+    n, oh, ow = _output_pixel(p, g)
+    return gy[n, f, oh, ow]
 
 
 # forward: y = w (F x K) @ cols (K x P)
@@ -101,9 +107,8 @@ def _fwd_b(x, k, p, g):
 
 @cuda.jit(device=True)
 def _fwd_store(y, bias, f, p, split, value, g):
-    hw = g[7] * g[8]
-    n, q = p // hw, p % hw
-    y[n, f, q // g[8], q % g[8]] = value + bias[f]
+    n, oh, ow = _output_pixel(p, g)
+    y[n, f, oh, ow] = value + bias[f]
 
 
 # grad-input: gx (C x N*H*W) = wt (C x F*kh*kw) @ gy gathered (F*kh*kw x N*H*W)
