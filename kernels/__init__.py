@@ -12,6 +12,51 @@ patch_numpy_for_numba()
 # smaller blocks and tiles there; the code of each kernel is the same, only these sizes change.
 SIMULATOR = simulator_enabled()
 
+
+def _lock_simulator_shared_arrays():
+    """Make the simulator's ``cuda.shared.array`` safe when threads start at the same time.
+
+    The simulator finds a block's shared array by the source line that declares it: the first
+    thread to get there allocates it, the others look it up. That check-then-store is not
+    locked, so two threads arriving together can both allocate, and one of them then works
+    on a private copy that no other thread writes: a wrong result now and then (the sim-versus-
+    cpu network gradients came out wrong in 4 runs of 50 without a lock, 0 of 50 with it, on
+    the 2-core test machine). This replaces the method with the same logic under a lock.
+    Real GPUs are not affected.
+    """
+    import sys
+    import threading
+
+    import numpy as np
+    from numba.core import types
+    from numba.np import numpy_support
+
+    try:
+        from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    except ImportError:  # a numba without this simulator layout: leave it alone
+        return
+    lock = threading.Lock()
+    original = FakeCUDAShared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:  # dynamic shared memory: no per-line lookup
+            return original(self, shape, dtype)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            found = self._allocations.get(key)
+            if found is None:
+                found = self._allocations[key] = np.empty(shape, dtype)
+        return found
+
+    FakeCUDAShared.array = array
+
+
+if SIMULATOR:
+    _lock_simulator_shared_arrays()
+
 # Set to True (the kernel tests do) to fill every output with NaN before a kernel writes it:
 # an element that a kernel forgets to write then shows up as NaN in the comparison.
 POISON = False

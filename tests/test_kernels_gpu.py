@@ -126,3 +126,25 @@ def test_training_step_on_cuda_matches_cpu():
         loss.backward()
         losses[device] = loss.item()
     assert losses["cuda"] == pytest.approx(losses["cpu"], rel=1e-4)
+
+
+def test_classification_ops_on_cuda_match_cpu():
+    """softmax_cross_entropy and annealed_mean run their xp reference on CuPy: same numbers."""
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((2, 7, 5, 4)).astype(np.float32)
+    target = rng.random((2, 7, 5, 4)).astype(np.float32)
+    target /= target.sum(axis=1, keepdims=True)
+    weight = rng.uniform(0.5, 2, (2, 5, 4)).astype(np.float32)
+    centers = rng.uniform(-50, 50, (7, 2)).astype(np.float32)
+    results = {}
+    for device in ("cpu", "cuda"):
+        z = tensor(logits, requires_grad=True, device=device)
+        xp = cupy if device == "cuda" else np
+        loss = F.softmax_cross_entropy(z, xp.asarray(target), xp.asarray(weight))
+        ab = F.annealed_mean(z, xp.asarray(centers))
+        (loss + ab.mean()).backward()
+        grad = cupy.asnumpy(z.grad) if device == "cuda" else z.grad
+        results[device] = (loss.item(), ab.numpy(), grad)
+    assert results["cuda"][0] == pytest.approx(results["cpu"][0], rel=1e-5)
+    np.testing.assert_allclose(results["cuda"][1], results["cpu"][1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results["cuda"][2], results["cpu"][2], rtol=1e-4, atol=1e-6)

@@ -145,3 +145,18 @@ def test_colorization_network_agrees_on_sim_and_cpu(rng):
         scale = np.abs(grad).max() + 1e-6
         np.testing.assert_allclose(results["sim"][1][name] / scale, grad / scale, atol=1e-6,
                                    err_msg=name)
+
+
+def test_classification_network_agrees_on_sim_and_cpu(rng):
+    """The classification head (xp reference ops on top of the kernels) gives the same loss."""
+    l = rng.uniform(-0.5, 0.5, (2, 1, 8, 8))
+    ab = rng.uniform(-0.3, 0.3, (2, 2, 8, 8))
+    losses = {}
+    for device in ("cpu", "sim"):
+        net = ColorizationNet(width=1, seed=3, head="classification", dtype=np.float64).to(device)
+        loss, mse = net.loss(tensor(l, device=device), tensor(ab, device=device))
+        loss.backward()
+        losses[device] = (loss.item(), mse.item(), net.head.weight.grad.copy())
+    assert losses["sim"][0] == pytest.approx(losses["cpu"][0], rel=1e-9)
+    assert losses["sim"][1] == pytest.approx(losses["cpu"][1], rel=1e-9)
+    np.testing.assert_allclose(losses["sim"][2], losses["cpu"][2], rtol=1e-6, atol=1e-9)
