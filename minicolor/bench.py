@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from . import backend, functional as F, optim
+from .data import rgb_to_l_ab
 from .models import ColorizationNet
 from .nn import BatchNorm2d, Conv2d, ReLU, Upsample
 from .reference import conv2d as ref_conv2d
@@ -88,14 +89,13 @@ def minicolor_step(width, batch, size, device):
 def minicolor_conv(x_shape, conv, device, impl=None):
     """Closures for forward, grad-input and grad-weight of one conv layer shape."""
     impl = impl or F.implementation("conv2d", device)
-    xp = np if device != "cuda" else __import__("cupy")
     rng = np.random.default_rng(0)
-    x = xp.asarray(rng.standard_normal(x_shape, dtype=np.float32))
-    w = xp.asarray(conv.weight.numpy())
-    b = xp.asarray(conv.bias.numpy())
+    x = backend.as_array(rng.standard_normal(x_shape, dtype=np.float32), device)
+    w = backend.as_array(conv.weight.numpy(), device)
+    b = backend.as_array(conv.bias.numpy(), device)
     geometry = tuple((v, v) if isinstance(v, int) else v for v in (conv.stride, conv.padding, conv.dilation))
     y, saved = impl.forward(x, w, b, *geometry)
-    gy = xp.asarray(rng.standard_normal(y.shape, dtype=np.float32))
+    gy = backend.as_array(rng.standard_normal(y.shape, dtype=np.float32), device)
     return {
         "forward": lambda: impl.forward(x, w, b, *geometry),
         "grad-input": lambda: impl.backward_data(gy, w, x.shape, *geometry),
@@ -226,31 +226,34 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
     return results
 
 
+class _OneImage:
+    """A data set of one random size x size photo, for timing (no file needed)."""
+
+    def __init__(self, size):
+        rgb = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+        self.l, self.ab = rgb_to_l_ab(rgb)
+
+    def __len__(self):
+        return 1
+
+    def batch(self, indices, rng=None):
+        return self.l[indices], self.ab[indices]
+
+
 def overfit_timing(device, steps, size, torch):
     """Seconds for ``steps`` training steps on one image through the Trainer (width 16, batch 1)."""
-    from .data import Subset
+    import tempfile
+
     from .train import Trainer
 
-    class OneImage:
-        def __init__(self):
-            rgb = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
-            from .data import rgb_to_l_ab
-
-            self.l, self.ab = rgb_to_l_ab(rgb)
-
-        def __len__(self):
-            return 1
-
-        def batch(self, indices, rng=None):
-            return self.l[indices], self.ab[indices]
-
-    trainer = Trainer(ColorizationNet(16), Subset(OneImage(), [0]), device=device, progress=False,
-                      log_every=10**9, out_dir="/tmp/minicolor-bench")
-    _synchronize(device)
-    start = time.perf_counter()
-    trainer.fit(steps)
-    _synchronize(device)
-    out = {"steps": steps, "minicolor_s": time.perf_counter() - start}
+    with tempfile.TemporaryDirectory() as scratch:  # the Trainer's logs and loss curve
+        trainer = Trainer(ColorizationNet(16), _OneImage(size), device=device, progress=False,
+                          log_every=10**9, out_dir=scratch)
+        _synchronize(device)
+        start = time.perf_counter()
+        trainer.fit(steps)
+        _synchronize(device)
+        out = {"steps": steps, "minicolor_s": time.perf_counter() - start}
     if torch:
         step = torch_step(16, 1, size, device)
         _synchronize(device)

@@ -82,8 +82,9 @@ def cmd_colorize(args):
 
 def cmd_bench(args):
     from . import bench
+    from .backend import auto_device
 
-    device = args.device if args.device != "auto" else __import__("minicolor").auto_device()
+    device = auto_device() if args.device == "auto" else args.device
     gpu = device == "cuda"
     results = bench.run(
         device=device,

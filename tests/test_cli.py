@@ -122,3 +122,22 @@ def test_activations_figure(photo, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "group1.0 kernel" in out and "group8.5 kernel" in out
     assert Image.open(figure).size[1] > 500  # eight rows
+
+
+def test_bench_smoke(tmp_path, capsys):
+    """The benchmark on tiny sizes: every section prints, the JSON holds the numbers."""
+    import json
+
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", "--size", "16", "--widths", "2", "--batches", "1", "2",
+                     "--layer-batch", "1", "--overfit-steps", "2", "--repeat", "1", "--warmup", "0",
+                     "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "step  width   2 batch   1" in out and "grad-weight" in out and "overfit 2 steps" in out
+    results = json.loads(path.read_text())
+    assert [r["batch"] for r in results["steps"]] == [1, 2]
+    assert all(r["minicolor_s"] > 0 and r["flops"] > 0 for r in results["steps"])
+    assert {r["pass"] for r in results["layers"]} == {"forward", "grad-input", "grad-weight"}
+    assert results["overfit"]["steps"] == 2 and results["machine"]["cores"] >= 1
+    if "torch" in results["machine"]:
+        assert "ratio" in out and all("torch_s" in r for r in results["steps"])
