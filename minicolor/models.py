@@ -156,17 +156,27 @@ class ColorizationNet(Module):
                 shape = out
         return layers
 
-    def predict_ab(self, l):
+    def predict_ab(self, l, batch_statistics=False):
         """L in 0..100, (N, H, W) array -> predicted ab in Lab units, (N, 2, H, W) host array.
 
-        Runs in eval mode without a graph, on the model's device.
+        Runs without a graph, on the model's device, in eval mode: batchnorm uses its running
+        estimates. With ``batch_statistics=True`` batchnorm normalises with the batch's own
+        statistics instead, as in training (the running estimates are left untouched): that
+        is the prediction a training loss measured. Early in a fast-changing training run the
+        two differ a lot, because the running estimates still remember the first steps.
         """
         was_training = self.training
-        self.eval()
+        norms = [m for _, m in self.named_modules() if isinstance(m, BatchNorm2d)]
+        momenta = [m.momentum for m in norms]
+        self.train(batch_statistics)
+        for m in norms:
+            m.momentum = 0.0  # batch statistics, if used, do not move the running estimates
         try:
             x = as_array(color.normalize_l(np.asarray(l, np.float32))[:, None], self.device)
             with no_grad():
                 ab = self(Tensor(x, device=self.device)).numpy()
         finally:
             self.train(was_training)
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
         return color.denormalize_ab(ab)

@@ -39,7 +39,8 @@ def overfit(image, steps=400, width=16, size=224, lr=1e-4, device="cpu", seed=0,
     for stop in sorted({s for s in report_steps if s <= steps} | {steps}):
         trainer.fit(stop)
         if stop in report_steps:
-            grids.append(trainer.save_samples(out_dir / f"bridge_step{stop}.png"))
+            # the prediction whose loss the table reports: batchnorm as in training
+            grids.append(trainer.save_samples(out_dir / f"bridge_step{stop}.png", batch_statistics=True))
     seconds = time.perf_counter() - started
     curve = trainer.save_loss_curve(out_dir / "loss.png", floor=floor)
     losses = dict(trainer.history["train"])

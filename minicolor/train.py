@@ -155,13 +155,19 @@ class Trainer:
                             floor=floor)
         return path
 
-    def save_samples(self, path=None):
+    def save_samples(self, path=None, batch_statistics=False):
+        """A grid of validation images (training images if there are none) and predictions.
+
+        Predictions use batchnorm's running estimates, unless ``batch_statistics`` (see
+        ColorizationNet.predict_ab).
+        """
         dataset = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
         indices = np.arange(min(self.n_samples, len(dataset)))
         l, ab = dataset.batch(indices)
-        pred = self.model.predict_ab(l)
+        pred = self.model.predict_ab(l, batch_statistics)
         path = path or self.out_dir / f"samples_{self.step:06d}.png"
-        viz.save_sample_grid(path, l, ab, pred, title=f"step {self.step}")
+        how = ", batchnorm on the batch's own statistics as in training" if batch_statistics else ""
+        viz.save_sample_grid(path, l, ab, pred, title=f"step {self.step}{how}")
         return path
 
     # --- checkpoints ------------------------------------------------------------------------

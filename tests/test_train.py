@@ -130,3 +130,14 @@ def test_upsampling_floor():
     a = matrix(4, 4, "bilinear", np, np.float64)
     assert upsampling_floor(a @ smooth @ a.T) < 1e-20  # exactly representable: floor 0
     assert upsampling_floor(rng.standard_normal((1, 2, 16, 16))) > 0.5
+
+
+def test_predict_with_batch_statistics_leaves_running_estimates(photos):
+    net = ColorizationNet(width=2, seed=0)
+    l, _ = photos.batch([0, 1])
+    before = {name: b.copy() for name, b in net.named_buffers()}
+    a = net.predict_ab(l, batch_statistics=True)
+    for name, b in net.named_buffers():
+        np.testing.assert_array_equal(b, before[name], err_msg=name)
+    assert net.training and net.group1[4].momentum == 0.1
+    assert not np.allclose(a, net.predict_ab(l))  # fresh running estimates differ from the batch's
