@@ -77,7 +77,8 @@ def gallery(models, names, path, max_side=240):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-overfit", action="store_true", help="keep the bridge figures as they are")
     parser.add_argument("--out", default="runs/doc_figures", help="scratch folder for the overfit run")
     args = parser.parse_args()

@@ -193,7 +193,8 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
         for batch in batches:
             flops = step_flops(ColorizationNet(width), batch, size)
             row = {"width": width, "batch": batch, "flops": flops}
-            row["minicolor_s"] = median_time(minicolor_step(width, batch, size, device), device, warmup, repeat)
+            step = minicolor_step(width, batch, size, device)
+            row["minicolor_s"] = median_time(step, device, warmup, repeat)
             if torch:
                 row["torch_s"] = median_time(torch_step(width, batch, size, device), device, warmup, repeat)
             results["steps"].append(row)
@@ -323,7 +324,8 @@ def format_layer(row):
 
 def format_overfit(row):
     torch_part = f" | torch {row['torch_s']:.1f} s | ratio {_ratio(row)}" if "torch_s" in row else ""
-    return f"overfit {row['steps']} steps (width 16, batch 1) | minicolor {row['minicolor_s']:.1f} s{torch_part}"
+    return (f"overfit {row['steps']} steps (width 16, batch 1) | minicolor {row['minicolor_s']:.1f} s"
+            f"{torch_part}")
 
 
 def save_json(results, path):

@@ -219,7 +219,8 @@ def build_parser():
     p.add_argument("image", help="the photo (made gray first)")
     p.add_argument("--weights", default=None,
                    help="a weights.npz or checkpoint.npz (default: the weights shipped with minicolor)")
-    p.add_argument("-o", "--output", default="activations.png", help="the PNG to write (default activations.png)")
+    p.add_argument("-o", "--output", default="activations.png",
+                   help="the PNG to write (default activations.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kernel choice (default 0)")
     p.add_argument("--size", type=_size, default=224, help="size the photo is resized to (default 224)")
     device_option(p, "cpu")
@@ -258,13 +259,15 @@ def build_parser():
                    help="batch sizes of the training step (default 1 8 on the CPU, 1 8 32 on the GPU)")
     p.add_argument("--size", type=_size, default=224, help="image size (default 224)")
     p.add_argument("--layer-batch", type=int, default=None,
-                   help="batch of the per-layer timings, 0 to skip them (default 1 on the CPU, 32 on the GPU)")
+                   help="batch of the per-layer timings, 0 to skip them "
+                        "(default 1 on the CPU, 32 on the GPU)")
     p.add_argument("--layer-width", type=_positive, default=None,
                    help="width whose conv layers are timed (default: the last of --widths)")
     p.add_argument("--overfit-steps", type=int, default=400,
                    help="steps of the one-image overfit timing, 0 to skip it (default 400)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
-    p.add_argument("--repeat", type=_positive, default=5, help="timed runs; the median is reported (default 5)")
+    p.add_argument("--repeat", type=_positive, default=5,
+                   help="timed runs; the median is reported (default 5)")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch even if installed")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     device_option(p, "cpu")

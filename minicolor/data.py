@@ -129,11 +129,12 @@ class ImageFolder:
     """JPEG/PNG photos under ``root`` (or a list of files), as size x size (L, ab) pairs.
 
     Each photo is decoded once and resized so its shorter side is ``resize`` (default
-    ``size``). With an ``rng`` a batch takes a random size x size crop of each and (if
-    ``flip``) flips half of them left-right; without one, the center crop. ``fit="squash"`` instead
-    resizes each whole photo to size x size, ignoring its aspect ratio (no crops). ``on_error`` says what to do
-    with a file that cannot be read: "raise" (stop, naming it) or "skip" (warn, naming it,
-    and keep the list in ``skipped``). Photos are kept in memory as uint8.
+    ``size``). With an ``rng`` a batch takes a random size x size crop of each (at several
+    scales with ``zoom``, see ``crop``) and, if ``flip``, flips half of them left-right;
+    without one, the center crop. ``fit="squash"`` instead resizes each whole photo to
+    size x size, ignoring its aspect ratio (no crops). ``on_error`` says what to do with a
+    file that cannot be read: "raise" (stop, naming it) or "skip" (warn, naming it, and keep
+    the list in ``skipped``). Photos are kept in memory as uint8.
     """
 
     def __init__(self, root, size=224, resize=None, on_error="raise", fit="crop", flip=True,

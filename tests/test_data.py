@@ -42,7 +42,8 @@ def test_kaggle_missing_file(tmp_path):
 
 def test_kaggle_count_mismatch(tmp_path):
     write_kaggle(tmp_path, l_count=7)
-    with pytest.raises(DataError, match="gray_scale.npy holds 7 images but the ab files hold 3 \\+ 2 \\+ 1 = 6"):
+    message = "gray_scale.npy holds 7 images but the ab files hold 3 \\+ 2 \\+ 1 = 6"
+    with pytest.raises(DataError, match=message):
         KaggleColorization(tmp_path)
 
 
