@@ -14,10 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import color  # noqa: E402
-from .backend import as_array  # noqa: E402
 from .nn import Conv2d, ReLU  # noqa: E402
-from .tensor import Tensor, no_grad  # noqa: E402
 
 
 def record_activations(model, l):
@@ -31,16 +28,11 @@ def record_activations(model, l):
                 def hook(mod, inputs, output, g=g, name=f"group{g}.{i - 1}"):
                     records.append((g, name, output.numpy()[0]))
                 removers.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        x = as_array(color.normalize_l(np.asarray(l, np.float32))[None, None], model.device)
-        with no_grad():
-            model(Tensor(x, device=model.device))
+        model.predict_ab(np.asarray(l)[None])  # eval mode, no graph; the hooks keep what we want
     finally:
         for remove in removers:
             remove()
-        model.train(was_training)
     return records
 
 

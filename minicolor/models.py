@@ -29,7 +29,7 @@ Two heads share groups 1-8 (see ``loss``):
 import numpy as np
 
 from . import color, quantize
-from .backend import as_array, get_array_module
+from .backend import as_array, get_array_module, to_numpy
 from .functional import annealed_mean, mse_loss, softmax_cross_entropy
 from .nn import BatchNorm2d, Conv2d, Module, ReLU, Sequential, Upsample
 from .tensor import Tensor, no_grad
@@ -122,19 +122,15 @@ class ColorizationNet(Module):
     def classification_targets(self, ab):
         """Soft-encoded targets (N, Q, H/4, W/4) and rebalancing weights (N, H/4, W/4)."""
         xp = get_array_module(ab)
-        n, _, h, w = ab.shape
-        ab_lab = color.denormalize_ab(ab.reshape(n, 2, h // 4, 4, w // 4, 4).mean(axis=(3, 5)))
+        ab_lab = color.denormalize_ab(_quarter(ab))
         target = quantize.soft_encode(ab_lab, self.bin_centers)
         weight = xp.take(self.class_weights, target.argmax(axis=1))
         return target, weight.astype(ab.dtype)
 
     def fit_class_weights(self, ab_batches):
         """Set the rebalancing weights from the bin frequencies of training ab (Lab units)."""
-        centers = np.asarray(self.bin_centers.get() if hasattr(self.bin_centers, "get")
-                             else self.bin_centers, np.float64)
-        counts = sum(quantize.bin_counts(ab.reshape(ab.shape[0], 2, ab.shape[2] // 4, 4,
-                                                    ab.shape[3] // 4, 4).mean(axis=(3, 5)), centers)
-                     for ab in ab_batches)
+        centers = np.asarray(to_numpy(self.bin_centers), np.float64)
+        counts = sum(quantize.bin_counts(_quarter(ab), centers) for ab in ab_batches)
         weights = quantize.rebalancing_weights(counts, centers)
         self.class_weights[...] = as_array(weights, self.device, self.class_weights.dtype)
         return weights
@@ -180,3 +176,10 @@ class ColorizationNet(Module):
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
         return color.denormalize_ab(ab)
+
+
+def _quarter(ab):
+    """(N, 2, H, W) -> (N, 2, H/4, W/4): the mean of each 4x4 patch, the resolution the
+    classification head predicts at."""
+    n, _, h, w = ab.shape
+    return ab.reshape(n, 2, h // 4, 4, w // 4, 4).mean(axis=(3, 5))
