@@ -67,3 +67,37 @@ def empty(xp, shape, dtype):
     if POISON:
         return xp.full(shape, xp.nan, dtype=dtype)
     return xp.empty(shape, dtype=dtype)
+
+
+# --- the one launch path --------------------------------------------------------------------------
+# Every launcher in this package starts its kernels through ``launch``, so how a kernel is started
+# (caching, streams, CUDA graph capture, recording the argument types for the compile check) is
+# decided here, in one place, and not in each op.
+_RECORDING = None  # a list while ``recording()`` is active: (kernel, args) are appended, not run
+
+
+def launch(kernel, grid, block, *args):
+    """Start ``kernel`` on ``grid`` blocks of ``block`` threads with ``args``.
+
+    Same as ``kernel[grid, block](*args)``. While ``recording()`` is active the launch is only
+    recorded (the kernel and its arguments, so their Numba types can be derived) and nothing
+    runs: that is how the compile check learns the signatures the launchers really use.
+    """
+    if _RECORDING is not None:
+        _RECORDING.append((kernel, grid, block, args))
+        return
+    kernel[grid, block](*args)
+
+
+class recording:
+    """``with recording() as launches:`` collects the launches made inside instead of running them."""
+
+    def __enter__(self):
+        global _RECORDING
+        self._saved, _RECORDING = _RECORDING, []
+        return _RECORDING
+
+    def __exit__(self, *exc):
+        global _RECORDING
+        _RECORDING = self._saved
+        return False

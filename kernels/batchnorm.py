@@ -113,13 +113,14 @@ def forward(x, weight, bias, running_mean, running_var, training, momentum, eps)
     if training:
         mean = kernels.empty(xp, c, running_mean.dtype)
         var = kernels.empty(xp, c, running_var.dtype)
-        _stats[c, THREADS](x, mean, var, running_mean, running_var, momentum)
+        kernels.launch(_stats, c, THREADS, x, mean, var, running_mean, running_var, momentum)
     else:
         mean, var = running_mean, running_var
     inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype)
     y = kernels.empty(xp, x.shape, x.dtype)
     xhat = kernels.empty(xp, x.shape, x.dtype)
-    _normalize[_elementwise_grid(x.size), THREADS](x, mean.astype(x.dtype), inv_std, weight, bias, y, xhat)
+    kernels.launch(_normalize, _elementwise_grid(x.size), THREADS,
+                   x, mean.astype(x.dtype), inv_std, weight, bias, y, xhat)
     return y, xhat, inv_std
 
 
@@ -128,8 +129,8 @@ def backward(gy, xhat, inv_std, weight, training):
     c = gy.shape[1]
     gweight = kernels.empty(xp, c, gy.dtype)
     gbias = kernels.empty(xp, c, gy.dtype)
-    _grad_sums[c, THREADS](gy, xhat, gweight, gbias)
+    kernels.launch(_grad_sums, c, THREADS, gy, xhat, gweight, gbias)
     gx = kernels.empty(xp, gy.shape, gy.dtype)
-    _grad_input[_elementwise_grid(gy.size), THREADS](gy, xhat, inv_std, weight, gweight, gbias,
-                                                     bool(training), gx)
+    kernels.launch(_grad_input, _elementwise_grid(gy.size), THREADS,
+                   gy, xhat, inv_std, weight, gweight, gbias, bool(training), gx)
     return gx, gweight, gbias

@@ -60,6 +60,7 @@ BIAS_THREADS = 128
 if SIMULATOR:  # the same kernels with 4 x 4 threads on 8 x 8 tiles: tiny tests, many tiles
     BM, BN, BK, TM, TN, BIAS_THREADS = 8, 8, 4, 2, 2, 16
 ROWS, COLS = BM // TM, BN // TN  # 16 x 16 threads
+A_ROWS = BM + 1  # shared-array shapes must be module-level constants on a real GPU
 THREADS = ROWS * COLS
 
 
@@ -171,7 +172,7 @@ def _tiled_matmul(load_a, load_b, store, dtype):
 
     @cuda.jit
     def kernel(a_src, b_src, out, extra, m, ncols, k_total, k_per_split, g):
-        a_tile = cuda.shared.array((BK, BM + 1), nb_dtype)  # +1: no bank conflicts when filling
+        a_tile = cuda.shared.array((BK, A_ROWS), nb_dtype)  # +1: no bank conflicts when filling
         b_tile = cuda.shared.array((BK, BN), nb_dtype)
         acc = cuda.local.array((TM, TN), nb_dtype)
         a_reg = cuda.local.array(TM, nb_dtype)
@@ -280,7 +281,7 @@ def _split(k_total, splits):
 def _launch(kernel, a, b, out, extra, m, ncols, k_total, g, splits=1):
     k_per_split, splits = _split(k_total, splits)
     grid = (math.ceil(ncols / BN), math.ceil(m / BM), splits)
-    kernel[grid, THREADS](a, b, out, extra, m, ncols, k_total, k_per_split, g)
+    kernels.launch(kernel, grid, THREADS, a, b, out, extra, m, ncols, k_total, k_per_split, g)
 
 
 def forward(x, w, b, stride, padding, dilation):
@@ -318,7 +319,7 @@ def backward_weight(gy, x, w_shape, stride, padding, dilation, splits=None):
     unused = kernels.empty(xp, 1, gy.dtype)
     _launch(_kernels(gy.dtype)["backward_weight"], gy, x, partial, unused, f, k, p, g, splits)
     gb = kernels.empty(xp, f, gy.dtype)
-    _bias_grad[f, BIAS_THREADS](gy, gb, n, f, ho * wo)
+    kernels.launch(_bias_grad, f, BIAS_THREADS, gy, gb, n, f, ho * wo)
     return partial.sum(axis=0).reshape(w_shape), gb
 
 
@@ -328,7 +329,7 @@ def forward_naive(x, w, b, stride, padding, dilation):
     g = geometry(x.shape, w.shape, stride, padding, dilation)
     n, _, _, _, f, _, _, ho, wo = g[:9]
     y = kernels.empty(xp, (n, f, ho, wo), x.dtype)
-    conv2d_naive[math.ceil(y.size / 128), 128](x, w, y, g)
+    kernels.launch(conv2d_naive, math.ceil(y.size / 128), 128, x, w, y, g)
     if b is not None:
         y += b.reshape(1, f, 1, 1)
     return y

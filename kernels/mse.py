@@ -51,7 +51,7 @@ def forward(pred, target):
     diff = kernels.empty(xp, flat_pred.shape, flat_pred.dtype)
     blocks = min(math.ceil(flat_pred.size / THREADS), MAX_BLOCKS)
     partial_sums = kernels.empty(xp, blocks, xp.float64)
-    _forward[blocks, THREADS](flat_pred, flat_target, diff, partial_sums)
+    kernels.launch(_forward, blocks, THREADS, flat_pred, flat_target, diff, partial_sums)
     loss = (partial_sums.sum() / flat_pred.size).astype(pred.dtype)
     return xp.asarray(loss), diff.reshape(pred.shape)
 
@@ -61,5 +61,5 @@ def backward(g, diff):
     flat = diff.reshape(-1)
     grad = kernels.empty(xp, flat.shape, flat.dtype)
     g = xp.asarray(g, dtype=diff.dtype).reshape(1)
-    _backward[min(math.ceil(flat.size / THREADS), 65535), THREADS](flat, g, grad)
+    kernels.launch(_backward, min(math.ceil(flat.size / THREADS), 65535), THREADS, flat, g, grad)
     return grad.reshape(diff.shape)

@@ -89,12 +89,12 @@ def forward(x, scale, mode):
     xp = get_array_module(x)
     n, c, h, w = x.shape
     y = kernels.empty(xp, (n, c, h * scale, w * scale), x.dtype)
-    _forward[_grid(y.size), THREADS](x, y, scale, mode == "bilinear")
+    kernels.launch(_forward, _grid(y.size), THREADS, x, y, scale, mode == "bilinear")
     return y
 
 
 def backward(gy, x_shape, scale, mode):
     xp = get_array_module(gy)
     gx = kernels.empty(xp, x_shape, gy.dtype)
-    _backward[_grid(gx.size), THREADS](gy, gx, scale, mode == "bilinear")
+    kernels.launch(_backward, _grid(gx.size), THREADS, gy, gx, scale, mode == "bilinear")
     return gx
