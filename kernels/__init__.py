@@ -4,6 +4,8 @@ Each file here has a twin of the same name in minicolor/reference/ computing the
 in NumPy; the tests compare the two. Importing this package imports numba.cuda, after
 restoring ``np.row_stack`` for numba-cuda 0.30 on NumPy 2.5 (see backend.patch_numpy_for_numba).
 """
+import os
+
 from minicolor.backend import patch_numpy_for_numba, simulator_enabled
 
 patch_numpy_for_numba()
@@ -75,18 +77,44 @@ def empty(xp, shape, dtype):
 # decided here, in one place, and not in each op.
 _RECORDING = None  # a list while ``recording()`` is active: (kernel, args) are appended, not run
 
+# Kernels launched (or recorded) since import. ``minicolor profile`` reads it before and after a
+# step: the difference is the number of Numba launches the step makes.
+launch_count = 0
+
+# On a real GPU, launch through kernels/launcher.py (cached argument types and specialisations:
+# see docs/kernels.md, "Launching a kernel"); False, or MINICOLOR_FAST_LAUNCH=0, uses Numba's own
+# ``kernel[grid, block, stream](*args)`` for every launch.
+FAST_LAUNCH = os.environ.get("MINICOLOR_FAST_LAUNCH", "1") != "0"
+_gpu = None  # (Launcher, CupyStreams), made at the first launch on a real GPU
+
 
 def launch(kernel, grid, block, *args):
     """Start ``kernel`` on ``grid`` blocks of ``block`` threads with ``args``.
 
-    Same as ``kernel[grid, block](*args)``. While ``recording()`` is active the launch is only
-    recorded (the kernel and its arguments, so their Numba types can be derived) and nothing
-    runs: that is how the compile check learns the signatures the launchers really use.
+    Same as ``kernel[grid, block](*args)``. On a real GPU it runs on CuPy's *current* stream
+    (so that a CUDA graph captured on a CuPy stream records it), through the fast path of
+    kernels/launcher.py when it can, else through Numba's own launch. While ``recording()`` is
+    active the launch is only recorded (the kernel and its arguments, so their Numba types can
+    be derived) and nothing runs: that is how the compile check learns the signatures the
+    launchers really use. Every call adds one to ``launch_count``.
     """
+    global launch_count, _gpu
+    launch_count += 1
     if _RECORDING is not None:
         _RECORDING.append((kernel, grid, block, args))
         return
-    kernel[grid, block](*args)
+    if SIMULATOR:
+        kernel[grid, block](*args)
+        return
+    if _gpu is None:
+        from minicolor.kernels.launcher import CupyStreams, Launcher, NumbaCudaDriver
+
+        _gpu = (Launcher(NumbaCudaDriver()), CupyStreams())
+    launcher, streams = _gpu
+    stream = streams.current()
+    if FAST_LAUNCH and launcher.launch(kernel, grid, block, stream, args):
+        return
+    kernel[grid, block, stream.numba](*args)
 
 
 class recording:
