@@ -1,4 +1,5 @@
-"""Differentiable layers as functions: conv2d, batch_norm, relu, upsample, mse_loss.
+"""Differentiable layers as functions: conv2d, batch_norm, relu, upsample, mse_loss, and the
+fused relu_batch_norm (a ReLU feeding a batchnorm, as one op).
 
 Each layer is a ``Function`` whose forward and backward call one of two implementations
 of the same arithmetic, chosen by the device of the input (the only place that chooses):
@@ -114,21 +115,23 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1):
 
 # --- batch_norm ------------------------------------------------------------------------
 class BatchNorm(Function):
-    def __init__(self, running_mean, running_var, training, momentum, eps):
+    def __init__(self, running_mean, running_var, training, momentum, eps, relu=False):
         self.running_mean, self.running_var = running_mean, running_var
-        self.training, self.momentum, self.eps = training, momentum, eps
+        self.training, self.momentum, self.eps, self.relu = training, momentum, eps, relu
 
     def forward(self, x, weight, bias):
         self.impl = implementation("batchnorm", self.device)
         self.weight = weight
+        self.relu_input = x if self.relu else None  # the ReLU's gradient mask comes from x
         y, self.xhat, self.inv_std = self.impl.forward(
             x, weight, bias, self.running_mean, self.running_var,
-            self.training, self.momentum, self.eps,
+            self.training, self.momentum, self.eps, relu=self.relu,
         )
         return y
 
     def backward(self, gy):
-        return self.impl.backward(gy, self.xhat, self.inv_std, self.weight, self.training)
+        return self.impl.backward(gy, self.xhat, self.inv_std, self.weight, self.training,
+                                  relu_input=self.relu_input)
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
@@ -136,21 +139,34 @@ def batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.
 
     ``running_mean`` and ``running_var`` are plain arrays, updated in place when training.
     """
+    return _batch_norm("batch_norm", x, weight, bias, running_mean, running_var, training,
+                       momentum, eps, relu=False)
+
+
+def relu_batch_norm(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """``batch_norm(relu(x), ...)`` as one op: the ReLU is applied inside batchnorm's kernels as
+    they read x, and its output is never stored (see kernels/batchnorm.py). The network uses
+    it where a ReLU feeds a batchnorm (nn.Sequential finds those pairs)."""
+    return _batch_norm("relu_batch_norm", x, weight, bias, running_mean, running_var, training,
+                       momentum, eps, relu=True)
+
+
+def _batch_norm(op, x, weight, bias, running_mean, running_var, training, momentum, eps, relu):
     if x.ndim != 4:
-        raise ValueError(f"batch_norm: x must have shape (N, C, H, W), got shape {tuple(x.shape)}")
-    _check_float(x, "batch_norm", "x")
+        raise ValueError(f"{op}: x must have shape (N, C, H, W), got shape {tuple(x.shape)}")
+    _check_float(x, op, "x")
     c = x.shape[1]
     for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
         if tuple(v.shape) != (c,):
-            raise ValueError(f"batch_norm: {name} must have shape ({c},) for x of shape "
+            raise ValueError(f"{op}: {name} must have shape ({c},) for x of shape "
                              f"{tuple(x.shape)}, got {tuple(v.shape)}")
     if training and x.size // c < 2:
-        raise ValueError(f"batch_norm: training needs more than one value per channel, "
+        raise ValueError(f"{op}: training needs more than one value per channel, "
                          f"got x of shape {tuple(x.shape)}")
     running_mean = running_mean.data if isinstance(running_mean, Tensor) else running_mean
     running_var = running_var.data if isinstance(running_var, Tensor) else running_var
-    return BatchNorm(running_mean, running_var, training, momentum, eps)(x, weight, bias)
+    return BatchNorm(running_mean, running_var, training, momentum, eps, relu)(x, weight, bias)
 
 
 # --- relu --------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ from . import backend
 from . import functional as F
 from .tensor import Tensor
 
+# nn.Sequential runs a ReLU followed by a BatchNorm2d as one fused op (F.relu_batch_norm), unless
+# the ReLU has forward hooks (they need its output, which the fused op never makes). Set False
+# to run every layer on its own (the same numbers, to rounding; more launches on a GPU).
+FUSE = True
+
 
 class Parameter(Tensor):
     """A tensor that a Module trains: requires_grad is always True."""
@@ -213,6 +218,15 @@ class BatchNorm2d(Module):
         return F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
                             self.training, self.momentum, self.eps)
 
+    def after_relu(self, x):
+        """This batchnorm applied to relu(x), as one fused op (what nn.Sequential calls for a
+        ReLU followed by this module). Its forward hooks see x, the ReLU's input, as input."""
+        out = F.relu_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                self.training, self.momentum, self.eps)
+        for hook in self._forward_hooks:
+            hook(self, (x,), out)
+        return out
+
     def extra_repr(self):
         return f"{self.num_features}, momentum={self.momentum}, eps={self.eps}"
 
@@ -235,7 +249,11 @@ class Upsample(Module):
 
 
 class Sequential(Module):
-    """Modules applied one after another; children are named "0", "1", ..."""
+    """Modules applied one after another; children are named "0", "1", ...
+
+    A ReLU followed by a BatchNorm2d runs as one fused op (see FUSE above); the modules, their
+    names and the state_dict stay those of the two layers.
+    """
 
     def __init__(self, *modules):
         super().__init__()
@@ -252,6 +270,14 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            m, after = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+            if FUSE and type(m) is ReLU and isinstance(after, BatchNorm2d) and not m._forward_hooks:
+                x = after.after_relu(x)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
         return x

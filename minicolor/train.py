@@ -61,6 +61,8 @@ class Trainer:
         self.step = 0
         self.objective = None
         self.history = {"train": [], "val": []}  # lists of (step, loss in Lab units)
+        self.target = None  # the step fit() trains to: it decides which steps read their loss
+        self.unread = []  # (step, mse, objective) of steps whose loss is still on the device
 
     # --- one step ---------------------------------------------------------------------------
     def _tensors(self, l, ab):
@@ -69,24 +71,52 @@ class Trainer:
         return Tensor(x, device=self.device), Tensor(y, device=self.device)
 
     def train_step(self):
-        """Run step ``self.step + 1``; return its loss in Lab units (before the update)."""
+        """Run step ``self.step + 1``; return its loss in Lab units (before the update), or None.
+
+        The loss stays on the device (no host synchronisation inside a step) until a step that
+        reads it: every step when called on its own, in ``fit`` only the steps that log,
+        validate or checkpoint. A reading step brings every unread loss to the host in one
+        transfer and checks them before its own update; each step's loss goes to the history.
+        """
         indices = batch_indices(len(self.train_set), self.batch_size, self.step, self.seed)
         rng = np.random.default_rng([self.seed, self.step, 1])  # augmentation of this step
         x, y = self._tensors(*self.train_set.batch(indices, rng))
         self.model.train()
         self.optimizer.zero_grad()
         loss, mse = self.model.loss(x, y)
-        value = float(mse.item()) * LOSS_UNIT
         # what is minimised, when it is not the MSE (the classification head's cross-entropy)
-        self.objective = None if loss is mse else float(loss.item())
-        if not np.isfinite(value):
-            raise TrainingDiverged(
-                f"the loss became {value} at step {self.step + 1}; training stopped before "
-                f"updating the weights. The last good checkpoint (if any) is {self.checkpoint_path}"
-            )
+        self.unread.append((self.step + 1, mse.data, None if loss is mse else loss.data))
+        value = self.read_losses() if self._reads(self.step + 1) else None
         loss.backward()
         self.optimizer.step()
         self.step += 1
+        return value
+
+    def _reads(self, step):
+        if self.target is None:
+            return True
+        return any(self._due(every, self.target, step)
+                   for every in (self.log_every, self.val_every, self.checkpoint_every))
+
+    def read_losses(self):
+        """Bring the unread losses to the host (one transfer), check them and add them to the
+        history; return the last one in Lab units. Raises TrainingDiverged at the first one
+        that is not finite."""
+        if not self.unread:
+            return None
+        unread, self.unread = self.unread, []
+        xp = backend.get_array_module(unread[0][1])
+        both = [a for _, mse, objective in unread for a in (mse, mse if objective is None else objective)]
+        values = backend.to_numpy(xp.stack(both).astype(xp.float64)).reshape(-1, 2)
+        for (step, _, objective), (mse, cross_entropy) in zip(unread, values):
+            value = float(mse) * LOSS_UNIT
+            if not np.isfinite(value):
+                raise TrainingDiverged(
+                    f"the loss became {value} at step {step}; training stopped before updating "
+                    f"the weights at step {unread[-1][0]}. The last good checkpoint (if any) is "
+                    f"{self.checkpoint_path}")
+            self.history["train"].append((step, value))
+            self.objective = None if objective is None else float(cross_entropy)
         return value
 
     def validate(self, dataset=None):
@@ -110,14 +140,15 @@ class Trainer:
         bar = tqdm(total=steps, initial=self.step, disable=not self.progress, unit="step",
                    desc=f"training on {self.device}")
         started, first_step = time.perf_counter(), self.step
+        self.target = steps
         try:
             while self.step < steps:
                 loss = self.train_step()
-                self.history["train"].append((self.step, loss))
                 speed = (self.step - first_step) * self.batch_size / (time.perf_counter() - started)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{speed:.1f}")
-                if self.step % self.log_every == 0 or self.step == steps:
+                if loss is not None:
+                    bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{speed:.1f}")
+                if self._due(self.log_every, steps):
                     record = {"step": self.step, "loss": loss, "images_per_s": speed}
                     if self.objective is not None:
                         record["cross_entropy"] = self.objective
@@ -130,17 +161,25 @@ class Trainer:
                     self.save_samples()
                 if self._due(self.checkpoint_every, steps):
                     self.save_checkpoint()
+            self.read_losses()  # any left (when nothing logs the last step)
         except KeyboardInterrupt:
             bar.close()
+            # the history holds the steps done: read the rest, forget a step cut short
+            self.unread = [u for u in self.unread if u[0] <= self.step]
+            self.read_losses()
+            self.history["train"] = [(s, v) for s, v in self.history["train"] if s <= self.step]
             path = self.save_checkpoint()
             print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}")
             raise
+        finally:
+            self.target = None
         bar.close()
         self.save_loss_curve()
         return self.history
 
-    def _due(self, every, steps):
-        return bool(every) and (self.step % every == 0 or self.step == steps)
+    def _due(self, every, steps, step=None):
+        step = self.step if step is None else step
+        return bool(every) and (step % every == 0 or step == steps)
 
     # --- records --------------------------------------------------------------------------------
     def log(self, record):

@@ -99,3 +99,86 @@ def test_adam_step_is_two_launches(rng):
     before = kernels.launch_count
     opt.step()
     assert kernels.launch_count - before == 2
+
+
+# --- batchnorm + ReLU --------------------------------------------------------------------------
+from minicolor import functional as F  # noqa: E402
+from minicolor import gradcheck, tensor  # noqa: E402
+from minicolor.kernels import batchnorm as k_batchnorm  # noqa: E402
+from minicolor.reference import batchnorm as r_batchnorm  # noqa: E402
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 3, 3)])
+def test_fused_relu_batchnorm_kernels_match_reference(rng, shape, training):
+    """The fused kernels against the reference ReLU followed by the reference batchnorm."""
+    c = shape[1]
+    x = rng.standard_normal(shape)
+    weight, bias = rng.standard_normal(c), rng.standard_normal(c)
+    running = [rng.standard_normal(c), rng.uniform(0.5, 2, c)]
+    ours_running = [a.copy() for a in running]
+    kernels.POISON = True
+    try:
+        y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, *ours_running, training, 0.1, 1e-5,
+                                               relu=True)
+        gy = rng.standard_normal(shape)
+        grads = k_batchnorm.backward(gy, xhat, inv_std, weight, training, relu_input=x)
+    finally:
+        kernels.POISON = False
+    relu_x = np.maximum(x, 0)
+    y_ref, xhat_ref, inv_std_ref = r_batchnorm.forward(relu_x, weight, bias, *running, training,
+                                                       0.1, 1e-5)
+    np.testing.assert_allclose(y, y_ref, atol=1e-12)
+    np.testing.assert_allclose(inv_std, inv_std_ref, rtol=1e-12)
+    np.testing.assert_allclose(ours_running[0], running[0], atol=1e-12)
+    np.testing.assert_allclose(ours_running[1], running[1], atol=1e-12)
+    gx_bn, gw_ref, gb_ref = r_batchnorm.backward(gy, xhat_ref, inv_std_ref, weight, training)
+    for ours, ref in zip(grads, (gx_bn * (x > 0), gw_ref, gb_ref)):
+        np.testing.assert_allclose(ours, ref, atol=1e-12)
+    assert (grads[0][x <= 0] == 0).all()
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+@pytest.mark.parametrize("training", [True, False])
+def test_relu_batch_norm_gradcheck(rng, device, training):
+    shape, c = (2, 2, 3, 3), 2
+    x = rng.standard_normal(shape)
+    x[np.abs(x) < 1e-3] = 0.5  # keep finite differences away from the ReLU's kink
+    inputs = [tensor(a, requires_grad=True, device=device)
+              for a in (x, rng.standard_normal(c), rng.standard_normal(c))]
+    rm, rv = np.zeros(c), np.ones(c)
+    fn = lambda x, w, b: F.relu_batch_norm(x, w, b, rm.copy(), rv.copy(), training)  # noqa: E731
+    assert gradcheck(fn, inputs)
+
+
+def small_group(rng, dtype=np.float64):
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, rng=rng, dtype=dtype), nn.ReLU(),
+                         nn.Conv2d(3, 3, 3, padding=1, rng=rng, dtype=dtype), nn.ReLU(),
+                         nn.BatchNorm2d(3, dtype=dtype))
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_sequential_fuses_relu_and_batchnorm(rng, device, monkeypatch):
+    """conv, ReLU, conv, ReLU, batchnorm (a group of the network): the second ReLU and the
+    batchnorm run as one op, with the same output, gradients and running estimates."""
+    x = rng.standard_normal((2, 1, 4, 4))
+    results = {}
+    for fuse in (True, False):
+        monkeypatch.setattr(nn, "FUSE", fuse)
+        group = small_group(np.random.default_rng(5)).to(device)
+        y = group(tensor(x, device=device))
+        assert (y.creator.relu is True) == fuse
+        (y * tensor(np.arange(y.size).reshape(y.shape) % 5, device=device)).sum().backward()
+        results[fuse] = (y.data, [p.grad for p in group.parameters()], group[4].running_var.copy())
+    np.testing.assert_allclose(results[True][0], results[False][0], atol=1e-12)
+    for a, b in zip(results[True][1], results[False][1]):
+        np.testing.assert_allclose(a, b, atol=1e-10)
+    np.testing.assert_allclose(results[True][2], results[False][2], atol=1e-12)
+
+
+def test_relu_with_a_hook_is_not_fused(rng):
+    group = small_group(rng)
+    seen = []
+    group[3].register_forward_hook(lambda m, inputs, out: seen.append(out.data.min()))
+    y = group(tensor(rng.standard_normal((2, 1, 4, 4))))
+    assert len(seen) == 1 and seen[0] >= 0 and y.creator.relu is False

@@ -12,6 +12,11 @@ Backward in training mode, with g = dL/dxhat = dL/dy * weight and sums over (N, 
     dL/dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
 because mean and var depend on x too. In eval mode they are constants: dL/dx = g / sqrt(...).
 kernels/batchnorm.py computes the same sums with shared-memory reductions.
+
+ReLU fused in: the network applies ReLU right before each batchnorm, so ``forward(...,
+relu=True)`` normalises relu(x), and ``backward(..., relu_input=x)`` returns the gradient with
+respect to that x: batchnorm's gx times the ReLU's mask (x > 0). Here that is literally the two
+ops one after the other (the definition the fused kernels are checked against).
 """
 from ..backend import get_array_module
 
@@ -22,9 +27,12 @@ def _per_channel(v):
     return v.reshape(1, -1, 1, 1)
 
 
-def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    """Returns (y, xhat, inv_std); updates running_mean and running_var in place when training."""
+def forward(x, weight, bias, running_mean, running_var, training, momentum, eps, relu=False):
+    """Returns (y, xhat, inv_std); updates running_mean and running_var in place when training.
+    With ``relu``, all of it for relu(x) = max(x, 0)."""
     xp = get_array_module(x)
+    if relu:
+        x = xp.maximum(x, 0)
     if training:
         m = x.size // x.shape[1]
         mean = x.mean(axis=AXES)
@@ -41,8 +49,16 @@ def forward(x, weight, bias, running_mean, running_var, training, momentum, eps)
     return y, xhat, inv_std
 
 
-def backward(gy, xhat, inv_std, weight, training):
-    """Returns (gx, gweight, gbias)."""
+def backward(gy, xhat, inv_std, weight, training, relu_input=None):
+    """Returns (gx, gweight, gbias); gx with respect to ``relu_input`` when it is given (the x
+    of forward with relu=True)."""
+    gx, gweight, gbias = _backward(gy, xhat, inv_std, weight, training)
+    if relu_input is not None:
+        gx = gx * (relu_input > 0)
+    return gx, gweight, gbias
+
+
+def _backward(gy, xhat, inv_std, weight, training):
     gweight = (gy * xhat).sum(axis=AXES)
     gbias = gy.sum(axis=AXES)
     scale = inv_std * weight
