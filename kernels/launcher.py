@@ -124,9 +124,22 @@ class Launcher:
         self.enabled = True
 
     def launch(self, kernel, grid, block, stream, args):
-        """Start ``kernel`` if the fast path can; return False (nothing started) if it cannot."""
+        """Start ``kernel`` if the fast path can; return False (nothing started) if it cannot.
+
+        Any error on the way (an interface of numba-cuda or cuda.core this code does not know)
+        turns the fast path off for good, with a warning: Numba's own launch takes over.
+        """
         if not self.enabled:
             return False
+        try:
+            return self._launch(kernel, grid, block, stream, args)
+        except Exception as exc:
+            self.enabled = False
+            warnings.warn(f"minicolor.kernels: the fast launch path failed ({type(exc).__name__}: "
+                          f"{exc}); using Numba's own launch from now on", RuntimeWarning)
+            return False
+
+    def _launch(self, kernel, grid, block, stream, args):
         keys = tuple(map(argument_key, args))
         entry = self.entries.get((kernel, keys))
         if entry is None:
@@ -144,14 +157,8 @@ class Launcher:
         config = self.configs.get(config_key)
         if config is None:
             config = self.configs[config_key] = self.driver.config(grid, block, overload.cooperative)
-        try:
-            self.driver.launch(stream.core, config, function, parameters)
-        except Exception as exc:  # an interface this code does not know: Numba's launch from now on
-            self.enabled = False
-            warnings.warn(f"minicolor.kernels: the fast launch path failed ({type(exc).__name__}: "
-                          f"{exc}); using Numba's own launch from now on", RuntimeWarning)
-            return False
-        return True
+        self.driver.launch(stream.core, config, function, parameters)  # the last step: nothing
+        return True                                                    # has started before it
 
     def _resolve(self, kernel, keys, args):
         """(overload, types, function) for these arguments, or False / None (use Numba's launch;

@@ -18,7 +18,6 @@ except backend.DeviceError as exc:  # numba.cuda already imported for a real GPU
 
 import minicolor.kernels as kernels  # noqa: E402
 from minicolor import nn, optim  # noqa: E402
-from minicolor.tensor import Tensor  # noqa: E402
 
 SHAPES = [(3, 4), (5,), (2, 3, 3, 3), (70,)]
 

@@ -148,3 +148,104 @@ def test_classification_ops_on_cuda_match_cpu():
     assert results["cuda"][0] == pytest.approx(results["cpu"][0], rel=1e-5)
     np.testing.assert_allclose(results["cuda"][1], results["cpu"][1], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(results["cuda"][2], results["cpu"][2], rtol=1e-4, atol=1e-6)
+
+
+# --- the launch path, fused Adam, fused ReLU + batchnorm (issue 11) ------------------------------
+from minicolor import nn, optim  # noqa: E402
+from minicolor.kernels import adam as k_adam  # noqa: E402
+
+
+def _bn_launch_args(rng, shape=(2, 8, 16, 16)):
+    x = rng.standard_normal(shape, dtype=cupy.float32)
+    c = shape[1]
+    mean, inv_std = rng.standard_normal(c, dtype=cupy.float32), rng.random(c, dtype=cupy.float32) + 0.5
+    w, b = rng.standard_normal(c, dtype=cupy.float32), rng.standard_normal(c, dtype=cupy.float32)
+    y, xhat = cupy.full(shape, cupy.nan, cupy.float32), cupy.full(shape, cupy.nan, cupy.float32)
+    return (x, mean, inv_std, w, b, True, y, xhat), (y, xhat)
+
+
+def test_fast_launch_matches_numbas_launch(monkeypatch):
+    """The same kernels through kernels/launcher.py and through kernel[grid, block, stream]:
+    bit-identical results, and the fast path really taken (a cached specialisation)."""
+    rng = cupy.random.default_rng(7)
+    x = rng.standard_normal((2, 8, 16, 16), dtype=cupy.float32)
+    c = x.shape[1]
+    results = {}
+    for fast in (False, True, True):  # the second fast run uses the cached entries
+        monkeypatch.setattr(kernels, "FAST_LAUNCH", fast)
+        w, b = cupy.ones(c, cupy.float32), cupy.zeros(c, cupy.float32)
+        rm, rv = cupy.zeros(c, cupy.float32), cupy.ones(c, cupy.float32)
+        y, xhat, inv_std = k_batchnorm.forward(x, w, b, rm, rv, True, 0.1, 1e-5, relu=True)
+        gx, gw, gb = k_batchnorm.backward(y * 0.5, xhat, inv_std, w, True, relu_input=x)
+        loss, diff = k_mse.forward(y, x)
+        results[fast] = [a.get() for a in (y, xhat, inv_std, rm, rv, gx, gw, gb, loss, diff)]
+    for ours, plain in zip(results[True], results[False]):
+        np.testing.assert_array_equal(ours, plain)
+    launcher = kernels._gpu[0]
+    assert launcher.enabled
+    taken = {kernel for (kernel, _), entry in launcher.entries.items() if entry}
+    assert {k_batchnorm._stats, k_batchnorm._normalize, k_batchnorm._grad_sums,
+            k_batchnorm._grad_input, k_mse._forward} <= taken
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_launches_go_to_cupys_current_stream(fast, monkeypatch):
+    """A CUDA graph captured on a CuPy stream catches the kernel: a launch on any other stream
+    would break the capture (or run at once, outside the graph)."""
+    monkeypatch.setattr(kernels, "FAST_LAUNCH", fast)
+    rng = cupy.random.default_rng(8)
+    args, (y, xhat) = _bn_launch_args(rng)
+    kernels.launch(k_batchnorm._normalize, 64, k_batchnorm.THREADS, *args)  # compiled, cached
+    expected = y.get()
+    y.fill(cupy.nan)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        kernels.launch(k_batchnorm._normalize, 64, k_batchnorm.THREADS, *args)
+        graph = stream.end_capture()
+    stream.synchronize()
+    assert bool(cupy.isnan(y).all())  # captured, not run
+    graph.launch(stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(y.get(), expected)
+
+
+def test_fused_adam_on_cuda_matches_reference():
+    rng = np.random.default_rng(9)
+    shapes = [(64, 32, 3, 3), (64,), (5, 7)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    ref = [nn.Parameter(a.copy()) for a in start]
+    gpu = [nn.Parameter(a.copy(), device="cuda") for a in start]
+    opt_ref = optim.Adam(ref, lr=1e-2, weight_decay=0.01)
+    opt_gpu = optim.Adam(gpu, lr=1e-2, weight_decay=0.01)
+    assert opt_gpu.flat is not None
+    for _ in range(5):
+        for a, b in zip(ref, gpu):
+            g = rng.standard_normal(a.shape).astype(np.float32)
+            a.grad, b.grad = g, cupy.asarray(g)
+        opt_ref.step()
+        opt_gpu.step()
+    assert opt_gpu.t == 5
+    for a, b in zip(ref, gpu):  # equal to rounding (the GPU may fuse a * b + c into one FMA)
+        np.testing.assert_allclose(b.numpy(), a.data, rtol=1e-5, atol=1e-6)
+    assert k_adam.THREADS == 256
+
+
+@pytest.mark.parametrize("shape", [(BATCH, 16, 112, 112), (BATCH, 512, 28, 28)])
+def test_relu_batchnorm_on_network_shapes(shape):
+    rng = cupy.random.default_rng(10)
+    x = rng.standard_normal(shape, dtype=cupy.float32) * 2 + 0.5
+    c = shape[1]
+    weight, bias = rng.standard_normal(c, dtype=cupy.float32), rng.standard_normal(c, dtype=cupy.float32)
+    rm, rv = cupy.zeros(c, cupy.float32), cupy.ones(c, cupy.float32)
+    rm64, rv64 = cupy.zeros(c), cupy.ones(c)
+    x64, w64, b64 = x.astype(cupy.float64), weight.astype(cupy.float64), bias.astype(cupy.float64)
+    y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, rm, rv, True, 0.1, 1e-5, relu=True)
+    y_ref, xhat_ref, inv_ref = r_batchnorm.forward(x64, w64, b64, rm64, rv64, True, 0.1, 1e-5, relu=True)
+    assert relative_error(y, y_ref) < 1e-4
+    assert relative_error(rv, rv64) < 1e-4
+    gy = rng.standard_normal(shape, dtype=cupy.float32)
+    for ours, ref in zip(k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x),
+                         r_batchnorm.backward(gy.astype(cupy.float64), xhat_ref, inv_ref, w64, True,
+                                              relu_input=x64)):
+        assert relative_error(ours, ref) < 1e-4
