@@ -181,3 +181,28 @@ def test_relu_with_a_hook_is_not_fused(rng):
     group[3].register_forward_hook(lambda m, inputs, out: seen.append(out.data.min()))
     y = group(tensor(rng.standard_normal((2, 1, 4, 4))))
     assert len(seen) == 1 and seen[0] >= 0 and y.creator.relu is False
+
+
+def test_launches_per_network_step():
+    """One training step of the network: 4 batchnorm launches per batchnorm, each with the ReLU
+    before it fused in, and 2 for Adam (recorded, not run: the count does not depend on data)."""
+    from minicolor.kernels import adam as k_adam
+    from minicolor.models import ColorizationNet
+
+    net = ColorizationNet(width=1).to("sim")
+    opt = optim.Adam(net.parameters(), lr=1e-3)
+    x = tensor(np.zeros((1, 1, 16, 16), np.float32), device="sim")
+    y = tensor(np.zeros((1, 2, 16, 16), np.float32), device="sim")
+    before = kernels.launch_count
+    with np.errstate(all="ignore"), kernels.recording() as launches:
+        loss, _ = net.loss(x, y)
+        loss.backward()
+        opt.step()
+    assert kernels.launch_count - before == len(launches)
+    batchnorm = [args for kernel, _, _, args in launches if kernel in (
+        k_batchnorm._stats, k_batchnorm._normalize, k_batchnorm._grad_sums, k_batchnorm._grad_input)]
+    assert len(batchnorm) == 4 * 7
+    stats = [args for kernel, _, _, args in launches if kernel is k_batchnorm._stats]
+    assert [args[-1] for args in stats] == [True] * 7  # relu=True: every batchnorm follows a ReLU
+    assert [k for k, *_ in launches if k in (k_adam._advance, k_adam._update)] == [k_adam._advance,
+                                                                                   k_adam._update]
