@@ -76,12 +76,12 @@ def is_device_array(value):
 def argument_key(value):
     """What an argument's Numba type depends on; None for what the cache does not handle.
 
-    Device arrays: (class, dtype, ndim, layout). Python scalars: their type (an int also
+    Device arrays: ("array", class, dtype, ndim, layout). Python scalars: their type (an int also
     whether it fits in int64, as Numba types ints by size). NumPy scalars: their type.
     Host (NumPy) arrays are None: Numba copies those to the device, the fast path does not.
     """
     if is_device_array(value):
-        return (type(value), value.dtype, value.ndim,
+        return ("array", type(value), value.dtype, value.ndim,
                 layout(value.shape, value.strides, value.itemsize))
     cls = type(value)
     if cls is int:
@@ -149,7 +149,7 @@ class Launcher:
         overload, types, function = entry
         parameters, writebacks = [], []
         for ty, value, key in zip(types, args, keys):
-            if type(key) is tuple and len(key) == 4:  # a device array
+            if type(key) is tuple and key[0] == "array":
                 parameters += array_parameters(value)
             else:
                 overload._prepare_args(ty, value, stream.core, writebacks, parameters)
@@ -248,3 +248,37 @@ class CupyStreams:
             numba_stream = self._external_stream(ptr) if ptr else 0
             stream = self._streams[ptr] = Stream(numba_stream, self._to_core(numba_stream))
         return stream
+
+
+def measure(launches=2000):
+    """Host time per launch of a small kernel through both paths (run on a GPU:
+    ``python -m minicolor.kernels.launcher``). Prints microseconds per launch."""
+    import time
+
+    import cupy
+
+    import minicolor.kernels as kernels
+    from minicolor.kernels import batchnorm
+
+    rng = cupy.random.default_rng(0)
+    x = rng.standard_normal((1, 16, 8, 8), dtype=cupy.float32)
+    c = cupy.ones(16, cupy.float32)
+    y, xhat = cupy.empty_like(x), cupy.empty_like(x)
+    args = (x, c, c, c, c, True, y, xhat)  # 8 arguments: 7 arrays and a flag
+    for fast in (False, True):
+        kernels.FAST_LAUNCH = fast
+        for _ in range(20):  # compile, fill the caches
+            kernels.launch(batchnorm._normalize, 4, batchnorm.THREADS, *args)
+        cupy.cuda.get_current_stream().synchronize()
+        start = time.perf_counter()
+        for _ in range(launches):
+            kernels.launch(batchnorm._normalize, 4, batchnorm.THREADS, *args)
+        host = time.perf_counter() - start
+        cupy.cuda.get_current_stream().synchronize()
+        path = "kernels/launcher.py" if fast else "Numba's kernel[grid, block, stream](*args)"
+        print(f"{path:45s} {host / launches * 1e6:7.1f} us of host time per launch")
+    kernels.FAST_LAUNCH = True
+
+
+if __name__ == "__main__":
+    measure()

@@ -195,11 +195,12 @@ def test_launches_go_to_cupys_current_stream(fast, monkeypatch):
     monkeypatch.setattr(kernels, "FAST_LAUNCH", fast)
     rng = cupy.random.default_rng(8)
     args, (y, xhat) = _bn_launch_args(rng)
-    kernels.launch(k_batchnorm._normalize, 64, k_batchnorm.THREADS, *args)  # compiled, cached
-    expected = y.get()
-    y.fill(cupy.nan)
     stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
+    with stream:  # the eager warm-up on the capture stream: compiled, the stream wrapped, cached
+        kernels.launch(k_batchnorm._normalize, 64, k_batchnorm.THREADS, *args)
+        expected = y.get()
+        y.fill(cupy.nan)
+        stream.synchronize()
         stream.begin_capture()
         kernels.launch(k_batchnorm._normalize, 64, k_batchnorm.THREADS, *args)
         graph = stream.end_capture()

@@ -50,8 +50,8 @@ def test_layout_matches_numba(make):
 
 def test_argument_keys():
     a = DeviceArray(np.zeros((2, 3), np.float32))
-    assert L.argument_key(a) == (DeviceArray, np.dtype(np.float32), 2, "C")
-    assert L.argument_key(DeviceArray(np.zeros((2, 3)).T))[3] == "F"
+    assert L.argument_key(a) == ("array", DeviceArray, np.dtype(np.float32), 2, "C")
+    assert L.argument_key(DeviceArray(np.zeros((2, 3)).T))[4] == "F"
     assert L.argument_key(np.zeros(3)) is None  # a host array: Numba's launch copies it
     assert L.argument_key(3) == (int, True)
     assert L.argument_key(2**63) == (int, False)
@@ -85,7 +85,8 @@ class FakeDriver:
     def typeof(self, kernel, value):
         self.typed.append(value)
         key = L.argument_key(value)
-        return ("T",) + (key[1:] if isinstance(key, tuple) else (key,))
+        return ("T",) + (key[2:] if isinstance(key, tuple) and key[0] == "array"
+                         else key[1:] if isinstance(key, tuple) else (key,))
 
     def function(self, overload):
         return "function"
