@@ -107,10 +107,13 @@ from minicolor.kernels import batchnorm as k_batchnorm  # noqa: E402
 from minicolor.reference import batchnorm as r_batchnorm  # noqa: E402
 
 
+@pytest.mark.parametrize("one_kernel", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 3, 3)])
-def test_fused_relu_batchnorm_kernels_match_reference(rng, shape, training):
-    """The fused kernels against the reference ReLU followed by the reference batchnorm."""
+def test_fused_relu_batchnorm_kernels_match_reference(rng, shape, training, one_kernel, monkeypatch):
+    """The fused kernels (one block per channel, or reductions and elementwise apart) against
+    the reference ReLU followed by the reference batchnorm."""
+    monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", 10**9 if one_kernel else 0)
     c = shape[1]
     x = rng.standard_normal(shape)
     weight, bias = rng.standard_normal(c), rng.standard_normal(c)
@@ -183,12 +186,36 @@ def test_relu_with_a_hook_is_not_fused(rng):
     assert len(seen) == 1 and seen[0] >= 0 and y.creator.relu is False
 
 
-def test_launches_per_network_step():
-    """One training step of the network: 4 batchnorm launches per batchnorm, each with the ReLU
-    before it fused in, and 2 for Adam (recorded, not run: the count does not depend on data)."""
+def batchnorm_through_both_ways(rng, shape, relu, monkeypatch):
+    x, gy = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    weight, bias = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    results = []
+    for limit in (10**9, 0):
+        monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", limit)
+        running = [np.zeros(c, np.float32), np.ones(c, np.float32)]
+        y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, *running, True, 0.1, 1e-5, relu=relu)
+        grads = k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x if relu else None)
+        results.append([y, xhat, inv_std, *running, *grads])
+    return results
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_one_kernel_and_two_kernels_agree_bit_for_bit(rng, relu, monkeypatch):
+    one, two = batchnorm_through_both_ways(rng, (2, 3, 5, 7), relu, monkeypatch)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("limit, per_layer", [(k_batchnorm.ONE_KERNEL_MAX, 2), (0, 4)])
+def test_launches_per_network_step(limit, per_layer, monkeypatch):
+    """One training step of the network: 2 batchnorm launches per batchnorm (small channels:
+    one kernel per pass) or 4, each with the ReLU before it fused in, and 2 for Adam (recorded,
+    not run: the count does not depend on the data)."""
     from minicolor.kernels import adam as k_adam
     from minicolor.models import ColorizationNet
 
+    monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", limit)
     net = ColorizationNet(width=1).to("sim")
     opt = optim.Adam(net.parameters(), lr=1e-3)
     x = tensor(np.zeros((1, 1, 16, 16), np.float32), device="sim")
@@ -199,10 +226,11 @@ def test_launches_per_network_step():
         loss.backward()
         opt.step()
     assert kernels.launch_count - before == len(launches)
-    batchnorm = [args for kernel, _, _, args in launches if kernel in (
-        k_batchnorm._stats, k_batchnorm._normalize, k_batchnorm._grad_sums, k_batchnorm._grad_input)]
-    assert len(batchnorm) == 4 * 7
-    stats = [args for kernel, _, _, args in launches if kernel is k_batchnorm._stats]
-    assert [args[-1] for args in stats] == [True] * 7  # relu=True: every batchnorm follows a ReLU
+    batchnorm = [(kernel, args) for kernel, _, _, args in launches
+                 if kernel.__module__ == k_batchnorm.__name__]
+    assert len(batchnorm) == per_layer * 7
+    forward = [args for kernel, args in batchnorm
+               if kernel in (k_batchnorm._stats, k_batchnorm._channel_forward)]
+    assert [args[8] for args in forward] == [True] * 7  # relu=True: every batchnorm follows a ReLU
     assert [k for k, *_ in launches if k in (k_adam._advance, k_adam._update)] == [k_adam._advance,
                                                                                    k_adam._update]

@@ -250,3 +250,32 @@ def test_relu_batchnorm_on_network_shapes(shape):
                          r_batchnorm.backward(gy.astype(cupy.float64), xhat_ref, inv_ref, w64, True,
                                               relu_input=x64)):
         assert relative_error(ours, ref) < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 56, 56), (1, 128, 28, 28)])
+def test_batchnorm_one_kernel_path_on_batch1_shapes(shape, monkeypatch):
+    """Small channels take one kernel per pass: the same numbers as the two-kernel way (the
+    same device functions; to rounding, in case the compiler contracts differently) and as the
+    float64 reference."""
+    rng = cupy.random.default_rng(11)
+    x = rng.standard_normal(shape, dtype=cupy.float32) * 2 + 0.5
+    gy = rng.standard_normal(shape, dtype=cupy.float32)
+    c = shape[1]
+    weight, bias = rng.standard_normal(c, dtype=cupy.float32), rng.standard_normal(c, dtype=cupy.float32)
+    assert shape[0] * shape[2] * shape[3] <= k_batchnorm.ONE_KERNEL_MAX
+    results = []
+    for limit in (k_batchnorm.ONE_KERNEL_MAX, 0):
+        monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", limit)
+        rm, rv = cupy.zeros(c, cupy.float32), cupy.ones(c, cupy.float32)
+        y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, rm, rv, True, 0.1, 1e-5, relu=True)
+        grads = k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x)
+        results.append([a.get() for a in (y, xhat, inv_std, rm, rv, *grads)])
+    for one, two in zip(*results):
+        np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-6)
+    x64, w64, b64 = x.astype(cupy.float64), weight.astype(cupy.float64), bias.astype(cupy.float64)
+    y_ref, xhat_ref, inv_ref = r_batchnorm.forward(x64, w64, b64, cupy.zeros(c), cupy.ones(c), True, 0.1,
+                                                   1e-5, relu=True)
+    assert relative_error(results[0][0], y_ref) < 1e-4
+    refs = r_batchnorm.backward(gy.astype(cupy.float64), xhat_ref, inv_ref, w64, True, relu_input=x64)
+    for ours, ref in zip(results[0][5:], refs):
+        assert relative_error(ours, ref) < 1e-4
