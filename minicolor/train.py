@@ -93,6 +93,7 @@ class Trainer:
         return value
 
     def _reads(self, step):
+        """Whether ``step`` reads the losses: inside fit, when it logs, validates or checkpoints."""
         if self.target is None:
             return True
         return any(self._due(every, self.target, step)
