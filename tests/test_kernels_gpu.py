@@ -164,9 +164,11 @@ def _bn_launch_args(rng, shape=(2, 8, 16, 16)):
     return (x, mean, inv_std, w, b, True, y, xhat), (y, xhat)
 
 
-def test_fast_launch_matches_numbas_launch(monkeypatch):
+@pytest.mark.parametrize("one_kernel", [True, False])
+def test_fast_launch_matches_numbas_launch(one_kernel, monkeypatch):
     """The same kernels through kernels/launcher.py and through kernel[grid, block, stream]:
     bit-identical results, and the fast path really taken (a cached specialisation)."""
+    monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", 10**9 if one_kernel else 0)
     rng = cupy.random.default_rng(7)
     x = rng.standard_normal((2, 8, 16, 16), dtype=cupy.float32)
     c = x.shape[1]
@@ -184,8 +186,9 @@ def test_fast_launch_matches_numbas_launch(monkeypatch):
     launcher = kernels._gpu[0]
     assert launcher.enabled
     taken = {kernel for (kernel, _), entry in launcher.entries.items() if entry}
-    assert {k_batchnorm._stats, k_batchnorm._normalize, k_batchnorm._grad_sums,
-            k_batchnorm._grad_input, k_mse._forward} <= taken
+    used = ([k_batchnorm._channel_forward, k_batchnorm._channel_backward] if one_kernel else
+            [k_batchnorm._stats, k_batchnorm._normalize, k_batchnorm._grad_sums, k_batchnorm._grad_input])
+    assert set(used + [k_mse._forward]) <= taken
 
 
 @pytest.mark.parametrize("fast", [False, True])
