@@ -77,10 +77,10 @@ def occupancy(regs, smem, threads, gpu=H100):
     Each limit is a number of blocks that fit on one SM:
     threads    max_threads_per_sm // (warps per block * 32)
     blocks     max_blocks_per_sm
-    registers  a warp takes regs * 32 registers rounded up to 256; each quarter of the register
+    regs       a warp takes regs * 32 registers rounded up to 256; each quarter of the register
                file (16,384) holds a whole number of warps; the SM holds 4 times that many warps,
                so that many // warps per block blocks
-    shared     smem_per_sm // (smem + 1 KB reserved, rounded up to 128 bytes)
+    smem       smem_per_sm // (smem + 1 KB reserved, rounded up to 128 bytes)
     Occupancy is the resident warps over the 64 an SM can hold.
     """
     warps = math.ceil(threads / gpu.warp)
@@ -88,9 +88,9 @@ def occupancy(regs, smem, threads, gpu=H100):
     reg_per_warp = math.ceil(regs * gpu.warp / gpu.reg_unit) * gpu.reg_unit
     if reg_per_warp:
         per_quarter = gpu.regs_per_sm // gpu.sub_partitions // reg_per_warp
-        limits["registers"] = per_quarter * gpu.sub_partitions // warps
+        limits["regs"] = per_quarter * gpu.sub_partitions // warps
     smem_alloc = math.ceil((smem + gpu.smem_reserved) / gpu.smem_unit) * gpu.smem_unit
-    limits["shared memory"] = gpu.smem_per_sm // smem_alloc if smem <= gpu.smem_per_block else 0
+    limits["smem"] = gpu.smem_per_sm // smem_alloc if smem <= gpu.smem_per_block else 0
     blocks = min(limits.values())
     binding = [name for name, value in limits.items() if value == blocks]
     return blocks, blocks * warps / (gpu.max_threads_per_sm // gpu.warp), binding
@@ -168,7 +168,7 @@ class Mix:
     lds: int = 0  # loads from shared memory (LDS, LDSM; LDS.128 loads 4 words at once)
     ldg: int = 0  # loads from global memory (LDG, and generic LD)
     imad: int = 0  # integer multiplies (IMAD, IMUL, ... but not IMAD.MOV, which is a move)
-    div: int = 0  # integer division sites (I2F.U32.RP starts each) and CALLs (64-bit / and %)
+    div: int = 0  # integer // and % sites: each starts with I2F.U32.RP (64-bit ones also CALL a routine)
     barriers: int = 0  # BAR (syncthreads)
 
     def add(self, other, times=1):
@@ -190,7 +190,7 @@ def mix_of(instructions):
         mix.lds += base in ("LDS", "LDSM")
         mix.ldg += base in ("LDG", "LD")
         mix.imad += base in ("IMAD", "IMUL") and not ins.opcode.startswith("IMAD.MOV")
-        mix.div += ins.opcode.startswith("I2F") and ".RP" in ins.opcode or base == "CALL"
+        mix.div += base == "I2F" and ".RP" in ins.opcode
         mix.barriers += base == "BAR"
     return mix
 
@@ -549,31 +549,41 @@ def resource_table(items, gpu=H100):
             continue
         p = item.ptxas
         blocks, occ, binding = occupancy(p["regs"], p["smem"], item.threads, gpu)
-        rows.append([item.name, item.dtype, item.threads, p["regs"],
-                     f"{p['spill_stores']}/{p['spill_loads']}", p["smem"], blocks, f"{100 * occ:.0f}%",
-                     ", ".join(binding)])
-    return _table(["kernel", "dtype", "threads", "regs", "spill st/ld", "smem B", "blocks/SM", "occupancy",
-                   "limited by"], rows)
+        spill = f"{p['spill_stores']}/{p['spill_loads']}"
+        rows.append([item.name, item.dtype, item.threads, p["regs"], spill, p["smem"], blocks,
+                     f"{100 * occ:.0f}%", ", ".join(binding)])
+    header = ["kernel", "dtype", "threads", "regs", "spill", "smem", "blocks", "occupancy", "limited by"]
+    return _table(header, rows)
 
 
-def loop_table(items):
-    rows = []
+def loop_report(items):
+    """One block per kernel with a main loop: its inner loop and one pass of its reduction loop."""
+    blocks = []
     for item in items:
         loop = item.loop
         if loop is None:
             continue
-        inner, one = loop.inner, loop.one_pass
-        trip = "unrolled" if loop.unrolled else (f"x{loop.trip}" if loop.trip else "?")
         if loop.reduction is None:
-            trip = "-"
-        rows.append([item.name, item.dtype, inner.instructions, inner.fma, f"{inner.fma_percent:.0f}%",
-                     inner.lds, inner.ldg, inner.imad, inner.div, trip,
-                     one.instructions if one else "-", one.fma if one else "-",
-                     f"{one.fma_percent:.0f}%" if one else "-", one.lds if one else "-",
-                     one.ldg if one else "-", one.imad if one else "-", one.div if one else "-",
-                     loop.other_loops])
-    return _table(["main loop", "dtype", "inner", "FMA", "FMA%", "LDS", "LDG", "IMAD", "div", "trip",
-                   "pass", "FMA", "FMA%", "LDS", "LDG", "IMAD", "div", "loops"], rows)
+            how = "no barrier around the inner loop: no reduction loop"
+        elif loop.unrolled:
+            how = "inner product unrolled: the inner loop is the reduction loop"
+        elif loop.trip:
+            how = f"inner loop x{loop.trip} per pass"
+        else:
+            how = "trip count unknown (BK * TM * TN does not fit this loop nest)"
+        if loop.reduction is not None and loop.other_loops:
+            how += f"; {loop.other_loops} other loop(s) counted once"
+        rows = [["inner", *_mix_row(loop.inner)]]
+        if loop.one_pass:
+            rows.append(["pass", *_mix_row(loop.one_pass)])
+        table = _table(["", "instr", "FMA", "FMA%", "LDS", "LDG", "IMAD", "div"], rows)
+        blocks.append(f"{item.name} ({item.dtype}): {how}\n" + "\n".join("  " + line for line in
+                                                                       table.splitlines()))
+    return "\n\n".join(blocks)
+
+
+def _mix_row(mix):
+    return [mix.instructions, mix.fma, f"{mix.fma_percent:.0f}%", mix.lds, mix.ldg, mix.imad, mix.div]
 
 
 def report(dtypes=DTYPES, out=None, calls=None):
@@ -597,13 +607,16 @@ def report(dtypes=DTYPES, out=None, calls=None):
         elif item.ptxas["spill_stores"] or item.ptxas["spill_loads"]:
             problems.append(f"{item.name} ({item.dtype}) spills: {item.ptxas['spill_stores']} bytes stored, "
                             f"{item.ptxas['spill_loads']} bytes loaded")
-    versions = ", ".join(f"{d} {importlib.metadata.version(d)}" for d in WHEELS.values())
+    versions = ", ".join(f"{name} {importlib.metadata.version(dist)}" for name, dist in WHEELS.items())
     text = "\n\n".join([
-        f"{len(items)} kernels x dtypes compiled for {ARCH} ({versions}); occupancy on an {H100.name}",
+        f"{len(items)} kernel x dtype pairs compiled for {ARCH}, occupancy on an {H100.name}\n"
+        f"tools: {versions}\n"
+        "regs per thread, spill bytes stored/loaded, smem bytes per block, blocks per SM",
         resource_table(items),
-        "Main loops (static SASS counts; inner = innermost loop holding the multiply-adds, pass = one "
-        "pass of the reduction loop around it with the inner loop counted trip times)",
-        loop_table(items)])
+        "Main loops of the conv kernels, static SASS counts: inner = the innermost loop holding the\n"
+        "multiply-adds, pass = one pass of the reduction loop around it (the inner loop counted as\n"
+        "often as it runs)",
+        loop_report(items)])
     return text, problems
 
 

@@ -94,11 +94,11 @@ ptxas info    : Used 128 registers, used 1 barriers, 4128 bytes smem, 400 bytes 
 
 
 @pytest.mark.parametrize("regs, smem, threads, expected", [
-    (128, 4128, 256, (2, 0.25, ["registers"])),  # 4096 registers a warp: 4 warps a quarter
-    (126, 4128, 256, (2, 0.25, ["registers"])),  # 126 * 32 = 4032, rounded up to 4096
-    (80, 0, 256, (3, 0.375, ["registers"])),  # 2560 a warp: 6 per quarter, 24 warps, 3 blocks
-    (32, 2048, 256, (8, 1.0, ["threads", "registers"])),
-    (32, 100 * 1024, 64, (2, 0.0625, ["shared memory"])),  # 101 KB a block with the reserved 1 KB
+    (128, 4128, 256, (2, 0.25, ["regs"])),  # 4096 registers a warp: 4 warps a quarter
+    (126, 4128, 256, (2, 0.25, ["regs"])),  # 126 * 32 = 4032, rounded up to 4096
+    (80, 0, 256, (3, 0.375, ["regs"])),  # 2560 a warp: 6 per quarter, 24 warps, 3 blocks
+    (32, 2048, 256, (8, 1.0, ["threads", "regs"])),
+    (32, 100 * 1024, 64, (2, 0.0625, ["smem"])),  # 101 KB a block with the reserved 1 KB
     (16, 0, 32, (32, 0.5, ["blocks"])),
 ])
 def test_occupancy(regs, smem, threads, expected):
