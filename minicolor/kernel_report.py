@@ -405,17 +405,22 @@ def _threads(block):
 
 
 def record_launches(dtypes=DTYPES, calls=None):
-    """Run every launcher call with recording on; one Compiled per distinct (kernel, types)."""
+    """Run every launcher call with recording on; returns (one Compiled per distinct
+    (kernel, argument types), the errors of calls that failed)."""
     import numpy as np
 
     import minicolor.kernels as kernels
 
-    found, order = {}, []
+    found, order, errors = {}, [], []
     for module, make_calls in (calls or LAUNCHER_CALLS).items():
         for dtype in dtypes:
             for label, call in make_calls(np.dtype(dtype)):
                 with kernels.recording() as launches, np.errstate(all="ignore"):
-                    call()
+                    try:
+                        call()
+                    except Exception as exc:  # a launcher whose signature changed: say which
+                        errors.append(f"the launcher call {module} {label} ({dtype}) failed: "
+                                      f"{type(exc).__name__}: {exc}")
                 for kernel, grid, block, args in launches:
                     argtypes = tuple(argument_type(a) for a in args)
                     key = (id(kernel), argtypes)
@@ -423,7 +428,7 @@ def record_launches(dtypes=DTYPES, calls=None):
                         found[key] = Compiled(_display_name(kernel, label), dtype, kernel, argtypes,
                                               _threads(block))
                         order.append(found[key])
-    return order
+    return order, errors
 
 
 def _display_name(kernel, label):
@@ -592,7 +597,8 @@ def report(dtypes=DTYPES, out=None, calls=None):
     ptxas, nvdisasm = tool("ptxas"), tool("nvdisasm")
     if problems or not ptxas or not nvdisasm:
         return "", problems or ["ptxas or nvdisasm not found"]
-    items = record_launches(dtypes, calls)
+    items, errors = record_launches(dtypes, calls)
+    problems += errors
     problems += [f"{name}: a kernel in kernels/ that no call in LAUNCHER_CALLS launches"
                  for name in missing_kernels(defined_kernels(), items)] if calls is None else []
     if out:
