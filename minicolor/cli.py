@@ -135,6 +135,15 @@ def cmd_summary(args):
     print(summary(ColorizationNet(args.width, head=args.head), size=args.size, batch=args.batch))
 
 
+def cmd_kernels(args):
+    from .kernel_report import run_subprocess
+
+    argv = ["--dtype", *args.dtype] + (["--out", args.out] if args.out else [])
+    returncode = run_subprocess(argv).returncode  # a fresh process: the simulator stays off there
+    if returncode:
+        raise SystemExit(returncode)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minicolor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,6 +281,16 @@ def build_parser():
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     device_option(p, "cpu")
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("kernels", help="registers, occupancy and loop instruction mix of each CUDA kernel",
+                       description="Compile every CUDA kernel for an H100 (sm_90) without a GPU and print "
+                                   "its registers, spills, shared memory, occupancy and the instruction "
+                                   "mix of the conv main loops (needs pip install 'minicolor[kernels]'; "
+                                   "see docs/kernels.md).")
+    p.add_argument("--out", default=None, help="also write each kernel's .ptx, .cubin and .sass here")
+    p.add_argument("--dtype", nargs="+", choices=["float32", "float64"], default=["float32", "float64"],
+                   help="dtypes to compile for (default both)")
+    p.set_defaults(run=cmd_kernels)
     return parser
 
 

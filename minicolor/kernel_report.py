@@ -1,0 +1,672 @@
+"""What each CUDA kernel costs on an H100, worked out on a machine without a GPU.
+
+    python -m minicolor.kernel_report [--out DIR] [--dtype float32 float64]
+    minicolor kernels [--out DIR] [--dtype ...]          (the same, in a fresh process)
+
+Three steps, each done by a tool that ships as a pip wheel (the ``kernels`` extra):
+
+1. **Compile** every kernel in kernels/ to PTX for compute capability 9.0 with numba-cuda's
+   ``cuda.compile_ptx`` (NVVM, from the ``nvidia-nvvm`` wheel). No GPU and no driver are needed,
+   except that Numba asks the driver for the current device while typing a kernel that calls
+   device functions; ``_h100_as_current_device`` answers (9, 0) instead.
+   The argument types are not written down here. Each launcher in kernels/ is called on small
+   NumPy arrays while ``kernels.recording()`` is active, so ``kernels.launch`` records the kernel
+   and its arguments instead of running it; the arguments are then typed as numba-cuda types the
+   CuPy arrays of a real run (see ``argument_type``). A kernel defined in kernels/*.py that no
+   launcher call reached is an error: add a call for it to ``LAUNCHER_CALLS``.
+2. **Assemble** each PTX for sm_90 with ``ptxas -v`` (``nvidia-cuda-nvcc`` wheel): registers per
+   thread, spilled bytes, shared memory per block. From these and the block size of the launch,
+   the theoretical occupancy on an H100 (``occupancy``).
+3. **Disassemble** the cubin with ``nvdisasm`` (``nvidia-cuda-nvdisasm`` wheel) and count the
+   instructions of the main loop of each conv kernel (``main_loop``).
+
+Exit status 1 if a kernel does not compile, a kernel was never launched by the calls here, a
+tool is missing, or any kernel spills registers to local memory. Simulator mode is decided when
+numba.cuda is first imported, so this always runs in a process of its own (``run_subprocess``).
+"""
+import argparse
+import ast
+import importlib
+import importlib.metadata
+import importlib.util
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CC = (9, 0)
+ARCH = "sm_90"
+DTYPES = ("float32", "float64")
+# What the report needs besides numba: the ``kernels`` extra of pyproject.toml.
+WHEELS = {"numba-cuda": "numba-cuda", "nvvm": "nvidia-nvvm", "ptxas": "nvidia-cuda-nvcc",
+          "nvdisasm": "nvidia-cuda-nvdisasm"}
+INSTALL_HINT = "pip install 'minicolor[kernels]'"
+# Modules whose kernels get the instruction mix of their main loop (the conv passes).
+MAIN_LOOP_MODULES = ("conv2d",)
+
+
+# --- the H100 and the occupancy arithmetic ---------------------------------------------------------
+@dataclass(frozen=True)
+class Gpu:
+    """The per-SM limits that decide how many blocks of a kernel one SM holds at once."""
+    name: str = "H100 (sm_90)"
+    sms: int = 132
+    regs_per_sm: int = 65536
+    reg_unit: int = 256  # registers are given to a warp in units of 256
+    sub_partitions: int = 4  # the register file is split in 4; a warp lives in one quarter
+    smem_per_sm: int = 228 * 1024
+    smem_per_block: int = 227 * 1024
+    smem_unit: int = 128  # shared memory is given to a block in units of 128 bytes
+    smem_reserved: int = 1024  # ... plus 1 KB per block that the system keeps (sm_80 and later)
+    max_threads_per_sm: int = 2048
+    max_blocks_per_sm: int = 32
+    warp: int = 32
+
+
+H100 = Gpu()
+
+
+def occupancy(regs, smem, threads, gpu=H100):
+    """(blocks per SM, theoretical occupancy 0..1, list of the limits that bind).
+
+    Each limit is a number of blocks that fit on one SM:
+    threads    max_threads_per_sm // (warps per block * 32)
+    blocks     max_blocks_per_sm
+    regs       a warp takes regs * 32 registers rounded up to 256; each quarter of the register
+               file (16,384) holds a whole number of warps; the SM holds 4 times that many warps,
+               so that many // warps per block blocks
+    smem       smem_per_sm // (smem + 1 KB reserved, rounded up to 128 bytes)
+    Occupancy is the resident warps over the 64 an SM can hold.
+    """
+    warps = math.ceil(threads / gpu.warp)
+    limits = {"threads": gpu.max_threads_per_sm // (warps * gpu.warp), "blocks": gpu.max_blocks_per_sm}
+    reg_per_warp = math.ceil(regs * gpu.warp / gpu.reg_unit) * gpu.reg_unit
+    if reg_per_warp:
+        per_quarter = gpu.regs_per_sm // gpu.sub_partitions // reg_per_warp
+        limits["regs"] = per_quarter * gpu.sub_partitions // warps
+    smem_alloc = math.ceil((smem + gpu.smem_reserved) / gpu.smem_unit) * gpu.smem_unit
+    limits["smem"] = gpu.smem_per_sm // smem_alloc if smem <= gpu.smem_per_block else 0
+    blocks = min(limits.values())
+    binding = [name for name, value in limits.items() if value == blocks]
+    return blocks, blocks * warps / (gpu.max_threads_per_sm // gpu.warp), binding
+
+
+# --- ptxas -v ------------------------------------------------------------------------------------------
+def parse_ptxas(text):
+    """Registers, spill bytes, stack and shared memory from ``ptxas -v`` of one kernel."""
+    def number(pattern):
+        found = re.search(pattern, text)
+        return int(found.group(1)) if found else 0
+
+    return {"regs": number(r"Used (\d+) registers"), "smem": number(r"(\d+) bytes smem"),
+            "stack": number(r"(\d+) bytes stack frame"),
+            "spill_stores": number(r"(\d+) bytes spill stores"),
+            "spill_loads": number(r"(\d+) bytes spill loads")}
+
+
+# --- the SASS and its loops -------------------------------------------------------------------------
+_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-fA-F]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_LABEL = re.compile(r"^\s*([.$\w]+):\s*$")
+_TARGET = re.compile(r"`\(([^)]+)\)|(0x[0-9a-fA-F]+)")
+
+
+@dataclass
+class Instruction:
+    address: int
+    opcode: str  # with its modifiers, e.g. LDS.U.128
+    operands: str
+    target: object = None  # a branch's target (label or address) before resolution
+
+    @property
+    def base(self):
+        return self.opcode.split(".")[0]
+
+
+def parse_sass(text):
+    """nvdisasm output -> one list of Instructions per function (addresses start at 0 in each).
+
+    Branch targets are resolved to addresses (nvdisasm writes them as labels like .L_x_5)."""
+    functions, labels, pending = [], [], []
+    for line in text.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        found = _INSTRUCTION.match(line)
+        if not found:
+            continue
+        address = int(found.group(1), 16)
+        if address == 0 or not functions:
+            functions.append([])
+            labels.append({})
+        for name in pending:
+            labels[-1][name] = address
+        pending = []
+        instruction = Instruction(address, found.group(2), found.group(3).strip())
+        if instruction.base in ("BRA", "JMP"):
+            target = _TARGET.search(instruction.operands)
+            if target:
+                instruction.target = target.group(1) or int(target.group(2), 16)
+        functions[-1].append(instruction)
+    for code, names in zip(functions, labels):
+        for instruction in code:
+            if isinstance(instruction.target, str):
+                instruction.target = names.get(instruction.target)
+    return functions
+
+
+@dataclass
+class Mix:
+    """The static instruction mix of a stretch of SASS."""
+    instructions: int = 0
+    fma: int = 0  # FFMA (float32) or DFMA (float64): one multiply-add each
+    lds: int = 0  # loads from shared memory (LDS, LDSM; LDS.128 loads 4 words at once)
+    ldg: int = 0  # loads from global memory (LDG, and generic LD)
+    imad: int = 0  # integer multiplies (IMAD, IMUL, ... but not IMAD.MOV, which is a move)
+    div: int = 0  # integer // and % sites: each starts with I2F.U32.RP (64-bit ones also CALL a routine)
+    barriers: int = 0  # BAR (syncthreads)
+
+    def add(self, other, times=1):
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + times * getattr(other, name))
+        return self
+
+    @property
+    def fma_percent(self):
+        return 100.0 * self.fma / self.instructions if self.instructions else 0.0
+
+
+def mix_of(instructions):
+    mix = Mix()
+    for ins in instructions:
+        base = ins.base
+        mix.instructions += 1
+        mix.fma += base in ("FFMA", "DFMA")
+        mix.lds += base in ("LDS", "LDSM")
+        mix.ldg += base in ("LDG", "LD")
+        mix.imad += base in ("IMAD", "IMUL") and not ins.opcode.startswith("IMAD.MOV")
+        mix.div += base == "I2F" and ".RP" in ins.opcode
+        mix.barriers += base == "BAR"
+    return mix
+
+
+@dataclass
+class Loop:
+    head: int  # address of the first instruction (the target of the backward branch)
+    end: int  # address of the last backward branch to it
+    body: list = field(repr=False)
+
+    def contains(self, other):
+        return self is not other and self.head <= other.head and other.end <= self.end
+
+
+def find_loops(code):
+    """Loops of one function: a branch to an address at or before itself closes a loop."""
+    ends = {}
+    for ins in code:
+        if isinstance(ins.target, int) and ins.target <= ins.address:
+            ends[ins.target] = max(ends.get(ins.target, 0), ins.address)
+    return [Loop(head, end, [i for i in code if head <= i.address <= end])
+            for head, end in sorted(ends.items())]
+
+
+@dataclass
+class MainLoop:
+    """The innermost loop holding the multiply-adds, and the reduction loop around it."""
+    inner: Mix
+    reduction: Mix = None  # None: no loop with a barrier around the inner loop
+    unrolled: bool = False  # the inner loop *is* the reduction loop (inner product unrolled)
+    trip: int = None  # times the inner loop runs per pass of the reduction loop
+    one_pass: Mix = None  # the reduction loop with the inner loop counted ``trip`` times
+    other_loops: int = 0  # further loops inside the reduction loop (counted once each)
+
+
+def main_loop(sass, fma_per_pass=None):
+    """Find and count the main loop of a kernel, or None if no loop does multiply-adds.
+
+    Inner loop: the loop with the most FMAs among those with no FMA-holding loop inside.
+    Reduction loop: the innermost loop around it (or the inner loop itself) that holds a barrier:
+    the loop over K slices, which loads tiles and syncs. If the inner loop holds the barrier,
+    the inner product was fully unrolled and both are the same loop. ``fma_per_pass`` is the
+    multiply-adds one thread does per pass of the reduction loop (BK * TM * TN); the inner loop
+    then runs trip = (fma_per_pass - FMAs outside it) / FMAs in it times per pass.
+    """
+    code = max(parse_sass(sass), key=lambda c: sum(i.base in ("FFMA", "DFMA") for i in c), default=[])
+    loops = find_loops(code)
+    mixes = {id(loop): mix_of(loop.body) for loop in loops}
+    with_fma = [loop for loop in loops if mixes[id(loop)].fma]
+    innermost = [loop for loop in with_fma if not any(loop.contains(o) for o in with_fma)]
+    if not innermost:
+        return None
+    inner = max(innermost, key=lambda loop: mixes[id(loop)].fma)
+    result = MainLoop(inner=mixes[id(inner)])
+    around = sorted((loop for loop in loops if loop is inner or loop.contains(inner)),
+                    key=lambda loop: loop.end - loop.head)
+    reduction = next((loop for loop in around if mixes[id(loop)].barriers), None)
+    if reduction is None:
+        return result
+    result.reduction = mixes[id(reduction)]
+    result.unrolled = reduction is inner
+    result.other_loops = sum(1 for loop in loops if reduction.contains(loop) and loop is not inner
+                             and not inner.contains(loop))
+    if result.unrolled:
+        result.trip, result.one_pass = 1, Mix().add(result.reduction)
+    elif fma_per_pass:
+        outside = result.reduction.fma - result.inner.fma
+        trip = (fma_per_pass - outside) / result.inner.fma
+        if trip >= 1 and trip == int(trip):
+            result.trip = int(trip)
+            result.one_pass = Mix().add(result.reduction).add(result.inner, result.trip - 1)
+    return result
+
+
+# --- which kernels exist, and the launcher calls that reach them ---------------------------------------
+def kernel_dir():
+    """The folder of minicolor.kernels (found without importing it: that fixes simulator mode)."""
+    return Path(importlib.util.find_spec("minicolor.kernels").submodule_search_locations[0])
+
+
+def _is_kernel_decorator(node):
+    """``@cuda.jit`` or ``@cuda.jit(...)`` without device=True."""
+    call = node if isinstance(node, ast.Call) else None
+    func = call.func if call else node
+    if not (isinstance(func, ast.Attribute) and func.attr == "jit"
+            and ast.unparse(func.value).endswith("cuda")):
+        return False
+    return not (call and any(k.arg == "device" and ast.unparse(k.value) == "True" for k in call.keywords))
+
+
+def defined_kernels(folder=None):
+    """{(module, qualname)} of every function in kernels/*.py decorated as a CUDA kernel,
+    including kernels made inside a factory (qualname ``factory.<locals>.kernel``)."""
+    found = set()
+
+    def visit(body, module, prefix):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                qualname = prefix + node.name
+                if any(_is_kernel_decorator(d) for d in node.decorator_list):
+                    found.add((module, qualname))
+                visit(node.body, module, qualname + ".<locals>.")
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body, module, prefix + node.name + ".")
+
+    for path in sorted(Path(folder or kernel_dir()).glob("*.py")):
+        visit(ast.parse(path.read_text(), str(path)).body, path.stem, "")
+    return found
+
+
+def _zeros(shape, dtype):
+    import numpy as np
+
+    return np.zeros(shape, dtype)
+
+
+def _conv2d_calls(dtype):
+    from minicolor.kernels import conv2d
+
+    x, w, b = _zeros((2, 3, 9, 8), dtype), _zeros((4, 3, 3, 3), dtype), _zeros(4, dtype)
+    gy = _zeros((2, 4, 5, 4), dtype)  # y of x and w at stride 2, padding 1
+    geometry = ((2, 2), (1, 1), (1, 1))
+    return [("forward", lambda: conv2d.forward(x, w, b, *geometry)),
+            ("backward_data", lambda: conv2d.backward_data(gy, w, x.shape, *geometry)),
+            ("backward_weight", lambda: conv2d.backward_weight(gy, x, w.shape, *geometry)),
+            ("backward_weight split-K", lambda: conv2d.backward_weight(gy, x, w.shape, *geometry, splits=3)),
+            ("naive", lambda: conv2d.forward_naive(x, w, b, *geometry))]
+
+
+def _batchnorm_calls(dtype):
+    from minicolor.kernels import batchnorm
+
+    c = _zeros(3, dtype)
+    calls = []
+    # a small batch (one kernel per pass) and a large one (statistics, then elementwise kernels)
+    for size, x in (("small", _zeros((2, 3, 4, 5), dtype)), ("large", _zeros((2, 3, 64, 64), dtype))):
+        for mode, training in (("train", True), ("eval", False)):
+            calls.append((f"{size} {mode} forward", lambda x=x, t=training: batchnorm.forward(
+                x, c, c, c.copy(), c.copy(), t, 0.1, 1e-5, relu=True)))
+            calls.append((f"{size} {mode} backward", lambda x=x, t=training: batchnorm.backward(
+                x, x, c, c, t, relu_input=x)))
+    return calls
+
+
+def _adam_calls(dtype):
+    from minicolor.kernels import adam
+
+    flat, count = _zeros(10, dtype), _zeros(1, "float64")  # as optim.FlatAdam allocates them
+    hyper, coef = _zeros(adam.HYPER_SIZE, "float64"), _zeros(adam.COEF_SIZE, dtype)
+    return [("advance", lambda: adam.advance(count, hyper, coef)),
+            ("update", lambda: adam.update(flat, flat, flat.copy(), flat.copy(), coef))]
+
+
+def _upsample_calls(dtype):
+    from minicolor.kernels import upsample
+
+    x, gy = _zeros((2, 3, 4, 5), dtype), _zeros((2, 3, 8, 10), dtype)
+    return [(f"{mode} {step}", call) for mode in ("nearest", "bilinear")
+            for step, call in (("forward", lambda m=mode: upsample.forward(x, 2, m)),
+                               ("backward", lambda m=mode: upsample.backward(gy, x.shape, 2, m)))]
+
+
+def _mse_calls(dtype):
+    from minicolor.kernels import mse
+
+    pred = _zeros((2, 2, 4, 4), dtype)
+    return [("forward", lambda: mse.forward(pred, pred)), ("backward", lambda: mse.backward(1.0, pred))]
+
+
+# One entry per file of kernels/ that defines kernels: a function of the dtype that returns
+# (label, call) pairs, calling the file's launchers the way the layers do, on small arrays.
+# A new kernel needs a call here; the report fails while one is missing.
+LAUNCHER_CALLS = {"conv2d": _conv2d_calls, "batchnorm": _batchnorm_calls, "upsample": _upsample_calls,
+                  "mse": _mse_calls, "adam": _adam_calls}
+
+
+class _DLPackOnly:
+    """A NumPy array seen only through DLPack, as numba-cuda sees a CuPy array."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, *args, **kwargs):
+        return self.array.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+
+def argument_type(value):
+    """The Numba type numba-cuda gives ``value`` when it is passed to a kernel on a GPU.
+
+    On a GPU the arrays are CuPy arrays. CuPy arrays offer both ``__dlpack__`` and
+    ``__cuda_array_interface__``; numba-cuda 0.30 tries DLPack first (``typeof_impl`` in
+    numba/cuda/typing/typeof.py) and types them with ``_typeof_dlpack``: an Array of the same
+    dtype and rank, layout C if C-contiguous (else F, else A), writable. Here each NumPy array
+    goes through that same function, wrapped so that only its DLPack face shows. Python ints
+    become int64, floats float64, bools boolean and the geometry tuple UniTuple(int64, n), the
+    same on both.
+    """
+    import numpy as np
+    from numba.cuda.typing.typeof import Purpose, typeof
+
+    if isinstance(value, np.ndarray):
+        value = _DLPackOnly(value)
+    return typeof(value, Purpose.argument)
+
+
+@dataclass
+class Compiled:
+    """One kernel compiled for one signature."""
+    name: str  # e.g. conv2d._tiled_matmul[forward]
+    dtype: str
+    kernel: object = field(repr=False)
+    argtypes: tuple = ()
+    threads: int = 0
+    error: str = None
+    ptx: str = None
+    ptxas: dict = None
+    sass: str = None
+    loop: MainLoop = None
+
+
+def _threads(block):
+    return math.prod(block) if isinstance(block, tuple) else int(block)
+
+
+def record_launches(dtypes=DTYPES, calls=None):
+    """Run every launcher call with recording on; returns (one Compiled per distinct
+    (kernel, argument types), the errors of calls that failed)."""
+    import numpy as np
+
+    import minicolor.kernels as kernels
+
+    found, order, errors = {}, [], []
+    for module, make_calls in (calls or LAUNCHER_CALLS).items():
+        for dtype in dtypes:
+            for label, call in make_calls(np.dtype(dtype)):
+                with kernels.recording() as launches, np.errstate(all="ignore"):
+                    try:
+                        call()
+                    except Exception as exc:  # a launcher whose signature changed: say which
+                        errors.append(f"the launcher call {module} {label} ({dtype}) failed: "
+                                      f"{type(exc).__name__}: {exc}")
+                for kernel, grid, block, args in launches:
+                    argtypes = tuple(argument_type(a) for a in args)
+                    key = (id(kernel), argtypes)
+                    if key not in found:
+                        found[key] = Compiled(_display_name(kernel, label), dtype, kernel, argtypes,
+                                              _threads(block))
+                        order.append(found[key])
+    return order, errors
+
+
+def _display_name(kernel, label):
+    module = kernel.py_func.__module__.rsplit(".", 1)[-1]
+    qualname = kernel.py_func.__qualname__
+    if ".<locals>." in qualname:  # a kernel made by a factory: name the launch that made it
+        return f"{module}.{qualname.split('.<locals>.')[0]}[{label}]"
+    return f"{module}.{qualname}"
+
+
+def missing_kernels(defined, compiled):
+    """Kernels in kernels/*.py that no launcher call reached, as 'module.qualname' strings."""
+    reached = {(c.kernel.py_func.__module__.rsplit(".", 1)[-1], c.kernel.py_func.__qualname__)
+               for c in compiled}
+    return sorted(f"{m}.{q}" for m, q in defined - reached)
+
+
+# --- compiling ----------------------------------------------------------------------------------------
+class _H100:
+    compute_capability = CC
+
+
+class _h100_as_current_device:
+    """While active, numba-cuda's ``get_current_device`` answers an sm_90 device (no driver)."""
+    modules = ("numba.cuda.dispatcher", "numba.cuda.compiler")
+
+    def __enter__(self):
+        self.saved = []
+        for name in self.modules:
+            module = importlib.import_module(name)
+            if hasattr(module, "get_current_device"):
+                self.saved.append((module, module.get_current_device))
+                module.get_current_device = _H100
+        return self
+
+    def __exit__(self, *exc):
+        for module, original in self.saved:
+            module.get_current_device = original
+        return False
+
+
+def compile_ptx(item):
+    from numba import cuda
+
+    options = getattr(item.kernel, "targetoptions", {})
+    with _h100_as_current_device():
+        ptx, _ = cuda.compile_ptx(item.kernel.py_func, item.argtypes, cc=CC,
+                                  fastmath=bool(options.get("fastmath", False)))
+    return ptx
+
+
+def tool(name):
+    """Path of ptxas or nvdisasm: from its pip wheel, else from PATH; None if neither."""
+    try:
+        for path in importlib.metadata.files(WHEELS[name]) or []:
+            if path.name == name:
+                return str(path.locate())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return shutil.which(name)
+
+
+def missing_wheels():
+    """Distributions of the ``kernels`` extra that are not installed."""
+    missing = []
+    for dist in WHEELS.values():
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist)
+    return missing
+
+
+def _file_stem(item):
+    return re.sub(r"[^\w.]+", "_", item.name.replace("[", ".").rstrip("]")) + "." + item.dtype
+
+
+def build(items, folder, ptxas, nvdisasm):
+    """Compile, assemble and disassemble each item, writing .ptx, .cubin and .sass to ``folder``."""
+    for item in items:
+        try:
+            item.ptx = compile_ptx(item)
+        except Exception as exc:  # the error text is the finding: keep it, go on with the rest
+            item.error = f"{type(exc).__name__}: {exc}".strip()
+            continue
+        stem = Path(folder) / _file_stem(item)
+        Path(f"{stem}.ptx").write_text(item.ptx)
+        done = subprocess.run([ptxas, f"-arch={ARCH}", "-v", "-o", f"{stem}.cubin", f"{stem}.ptx"],
+                              capture_output=True, text=True)
+        if done.returncode:
+            item.error = f"ptxas failed: {done.stderr.strip()}"
+            continue
+        item.ptxas = parse_ptxas(done.stdout + done.stderr)
+        done = subprocess.run([nvdisasm, "-c", f"{stem}.cubin"], capture_output=True, text=True)
+        if done.returncode:
+            item.error = f"nvdisasm failed: {done.stderr.strip()}"
+            continue
+        item.sass = done.stdout
+        Path(f"{stem}.sass").write_text(item.sass)
+        if item.name.split(".")[0] in MAIN_LOOP_MODULES:
+            item.loop = main_loop(item.sass, _fma_per_pass(item.kernel))
+
+
+def _fma_per_pass(kernel):
+    """BK * TM * TN of the kernel's module (multiply-adds per thread per K slice), else None."""
+    module = sys.modules.get(kernel.py_func.__module__)
+    values = [getattr(module, name, None) for name in ("BK", "TM", "TN")]
+    return math.prod(values) if all(isinstance(v, int) for v in values) else None
+
+
+# --- the tables -----------------------------------------------------------------------------------------
+def _table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)  # noqa: E731
+                               for i, (v, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def resource_table(items, gpu=H100):
+    rows = []
+    for item in items:
+        if item.ptxas is None:
+            continue
+        p = item.ptxas
+        blocks, occ, binding = occupancy(p["regs"], p["smem"], item.threads, gpu)
+        spill = f"{p['spill_stores']}/{p['spill_loads']}"
+        rows.append([item.name, item.dtype, item.threads, p["regs"], spill, p["smem"], blocks,
+                     f"{100 * occ:.0f}%", ", ".join(binding)])
+    header = ["kernel", "dtype", "threads", "regs", "spill", "smem", "blocks", "occupancy", "limited by"]
+    return _table(header, rows)
+
+
+def loop_report(items):
+    """One block per kernel with a main loop: its inner loop and one pass of its reduction loop."""
+    blocks = []
+    for item in items:
+        loop = item.loop
+        if loop is None:
+            continue
+        if loop.reduction is None:
+            how = "no barrier around the inner loop: no reduction loop"
+        elif loop.unrolled:
+            how = "inner product unrolled: the inner loop is the reduction loop"
+        elif loop.trip:
+            how = f"inner loop x{loop.trip} per pass"
+        else:
+            how = "trip count unknown (BK * TM * TN does not fit this loop nest)"
+        if loop.reduction is not None and loop.other_loops:
+            how += f"; {loop.other_loops} other loop(s) counted once"
+        rows = [["inner", *_mix_row(loop.inner)]]
+        if loop.one_pass:
+            rows.append(["pass", *_mix_row(loop.one_pass)])
+        table = _table(["", "instr", "FMA", "FMA%", "LDS", "LDG", "IMAD", "div"], rows)
+        blocks.append(f"{item.name} ({item.dtype}): {how}\n" + "\n".join("  " + line for line in
+                                                                       table.splitlines()))
+    return "\n\n".join(blocks)
+
+
+def _mix_row(mix):
+    return [mix.instructions, mix.fma, f"{mix.fma_percent:.0f}%", mix.lds, mix.ldg, mix.imad, mix.div]
+
+
+def report(dtypes=DTYPES, out=None, calls=None):
+    """Build everything; returns (text, problems). ``problems`` is empty when all is well."""
+    problems = [f"{dist} is not installed ({INSTALL_HINT})" for dist in missing_wheels()]
+    ptxas, nvdisasm = tool("ptxas"), tool("nvdisasm")
+    if problems or not ptxas or not nvdisasm:
+        return "", problems or ["ptxas or nvdisasm not found"]
+    items, errors = record_launches(dtypes, calls)
+    problems += errors
+    problems += [f"{name}: a kernel in kernels/ that no call in LAUNCHER_CALLS launches"
+                 for name in missing_kernels(defined_kernels(), items)] if calls is None else []
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        build(items, out, ptxas, nvdisasm)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            build(items, folder, ptxas, nvdisasm)
+    for item in items:
+        if item.error:
+            problems.append(f"{item.name} ({item.dtype}) does not compile for {ARCH}: {item.error}")
+        elif item.ptxas["spill_stores"] or item.ptxas["spill_loads"]:
+            problems.append(f"{item.name} ({item.dtype}) spills: {item.ptxas['spill_stores']} bytes stored, "
+                            f"{item.ptxas['spill_loads']} bytes loaded")
+    versions = ", ".join(f"{name} {importlib.metadata.version(dist)}" for name, dist in WHEELS.items())
+    text = "\n\n".join([
+        f"{len(items)} kernel x dtype pairs compiled for {ARCH}, occupancy on an {H100.name}\n"
+        f"tools: {versions}\n"
+        "regs per thread, spill bytes stored/loaded, smem bytes per block, blocks per SM",
+        resource_table(items),
+        "Main loops of the conv kernels, static SASS counts: inner = the innermost loop holding the\n"
+        "multiply-adds, pass = one pass of the reduction loop around it (the inner loop counted as\n"
+        "often as it runs)",
+        loop_report(items)])
+    return text, problems
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="minicolor kernels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="write each kernel's .ptx, .cubin and .sass here")
+    parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES),
+                        help="dtypes to compile for (default both)")
+    args = parser.parse_args(argv)
+    from minicolor.backend import simulator_enabled
+
+    if simulator_enabled():
+        print("minicolor kernels: error: Numba's CUDA simulator is enabled in this process "
+              "(NUMBA_ENABLE_CUDASIM=1); run it in a fresh process", file=sys.stderr)
+        return 1
+    text, problems = report(args.dtype, args.out)
+    print(text)
+    if args.out:
+        print(f"\n.ptx, .cubin and .sass of each kernel written to {args.out}")
+    for problem in problems:
+        print(f"minicolor kernels: error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def run_subprocess(argv, **kwargs):
+    """Run the report in a fresh Python process with the simulator off; returns CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    return subprocess.run([sys.executable, "-m", "minicolor.kernel_report", *argv], env=env, **kwargs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
