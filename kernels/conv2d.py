@@ -77,6 +77,12 @@ OUTSIDE = -(1 << 20)  # a row offset that puts a tap far outside every image: it
 THREADS = {t: (t[0] // t[3]) * (t[1] // t[4]) for t in (WIDE, WIDE64, THIN)}  # threads per block
 
 
+def _jit_options(threads):
+    """Launch bounds: at most ``threads`` per block and 2 blocks per SM, so ptxas keeps to 128
+    registers a thread (weight_gemm would take 152 and fit 1 block). Not in the simulator."""
+    return {} if SIMULATOR else {"launch_bounds": (threads, 2)}
+
+
 def _tiles(m, dtype):
     if m <= THIN[0]:
         return THIN
@@ -129,7 +135,7 @@ def _gather_gemm(dtype, tiles):
     acc_size, a_reg_size, b_reg_size = tm * tn, tm, tn
     multiply_slice = _slice_multiplier(tiles, real)
 
-    @cuda.jit
+    @cuda.jit(**_jit_options(threads))
     def gather_gemm(a, b, out, bias, taps, phases, g):
         """C = A^T @ B for one phase (grid axis z) of forward or grad-input.
 
@@ -236,7 +242,7 @@ def _weight_gemm(dtype, tiles):
     acc_size, a_reg_size, b_reg_size = tm * tn, tm, tn
     multiply_slice = _slice_multiplier(tiles, real)
 
-    @cuda.jit
+    @cuda.jit(**_jit_options(threads))
     def weight_gemm(gy, x, partial, taps, g):
         """partial[z] = gy (F x P) @ [im2col(x)^T | 1] (P x K+1) over block z's range of pixels.
 
@@ -259,9 +265,7 @@ def _weight_gemm(dtype, tiles):
         b_next = cuda.local.array(b_loads, real)
         f_off = cuda.local.array(a_loads, numba.uint32)
         f_ok = cuda.local.array(a_loads, numba.boolean)
-        t_off = cuda.local.array(b_loads, numba.int32)
-        t_dr = cuda.local.array(b_loads, numba.int32)
-        t_dc = cuda.local.array(b_loads, numba.int32)
+        t_at = cuda.local.array(b_loads, numba.uint32)
         t_one = cuda.local.array(b_loads, real)
         c_count, h, w, f_count, ho, wo = g[1], g[2], g[3], g[4], g[5], g[6]
         k_total, per_split = g[11], g[12]
@@ -280,11 +284,8 @@ def _weight_gemm(dtype, tiles):
             f_off[r] = u32(min(f, f_count - 1) * hw_out)
         for r in range(b_loads):
             k = col0 + tid // bk + r * col_step
-            t_off[r], t_dr[r], t_dc[r], t_one[r] = 0, OUTSIDE, 0, 0.0
-            if k < k_total:
-                t_off[r], t_dr[r], t_dc[r] = taps[3 * k], taps[3 * k + 1], taps[3 * k + 2]
-            elif k == k_total:
-                t_one[r] = 1.0  # the bias column
+            t_at[r] = u32(3 * min(k, k_total))  # row K of the table is an OUTSIDE tap
+            t_one[r] = 1.0 if k == k_total else 0.0  # the bias column: ones
 
         for i in range(acc_size):
             acc[i] = 0.0
@@ -307,10 +308,11 @@ def _weight_gemm(dtype, tiles):
                     if f_ok[r] and p < p_end:
                         a_next[r] = gy[gy_at + f_off[r]]
                 for r in range(b_loads):
-                    rr, cc = r0 + t_dr[r], c0 + t_dc[r]
+                    t = t_at[r]  # the tap table is small: these loads hit the L1 cache
+                    rr, cc = r0 + taps[t + 1], c0 + taps[t + 2]
                     b_next[r] = t_one[r]
                     if 0 <= rr and rr < h and 0 <= cc and cc < w:
-                        b_next[r] = x[u32(x_at + t_off[r])]
+                        b_next[r] = x[u32(x_at + taps[t])]
             if s > 0:
                 other = u32(1) - buf
                 multiply_slice(a_sh, b_sh, other * u32(bk * a_stride) + ty * u32(vec),
@@ -432,8 +434,8 @@ def _tables(kind, g, bk, xp):
     """The per-launch tables, built once per geometry and kept on the device."""
     if kind == "forward":
         return xp.asarray(_pad_taps(_forward_taps(g), bk).ravel())
-    if kind == "weight":
-        return xp.asarray(_forward_taps(g).astype(np.int32).ravel())
+    if kind == "weight":  # one OUTSIDE row after the last tap, for the bias column and beyond
+        return xp.asarray(_pad_taps(_forward_taps(g), len(_forward_taps(g)) + 1).ravel())
     taps, a_rows, phases = _backward_data_plan(g, bk)
     valid = np.flatnonzero(a_rows >= 0)
     return xp.asarray(taps.ravel()), xp.asarray(valid), xp.asarray(a_rows[valid]), xp.asarray(phases)
