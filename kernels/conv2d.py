@@ -93,10 +93,17 @@ def _tiles(m, dtype):
 def _slice_multiplier(tiles, real):
     """Device function: acc += (BK x TM slice of A)^T (BK x TN slice of B) for one thread.
 
-    ``a_sh`` / ``b_sh`` hold BK rows of BM + PAD (BN + PAD) values; a_at / b_at point at
-    row 0, at this thread's first value, and move down one row per step. The loops have compile-time trip counts and the
-    offsets are constants, so LLVM unrolls all of it: BK * (TM + TN) / VEC vector loads and
-    BK * TM * TN FFMAs, nothing else.
+    ``a_sh`` / ``b_sh`` hold BK rows of BM + PAD (BN + PAD) values; ``a_at`` / ``b_at`` point
+    at this thread's first value in row 0 and move down one row per step. In each step the
+    thread reads TM values of A and TN of B into registers (VEC consecutive values at a time:
+    one 16-byte LDS.128 for float32) and does TM * TN multiply-adds with them.
+
+    The loops over the micro-tile have compile-time trip counts and constant offsets, so LLVM
+    unrolls them completely. It does not unroll the loop over the BK steps (a body of 64 FFMA
+    is too big for its heuristics), and a loop iteration costs about 14 instructions of
+    counting and branching: hence two steps per iteration, written out as an inner loop of 2
+    that LLVM does unroll. For the 128 x 128 float32 tile that takes the loop from 78
+    instructions per 64 FFMA (82%) to 146 per 128 (88%); 4 or 8 steps are not unrolled.
     """
     bm, bn, bk, tm, tn, vec = tiles
     a_stride, b_stride = bm + PAD, bn + PAD
@@ -104,18 +111,19 @@ def _slice_multiplier(tiles, real):
 
     @cuda.jit(device=True, inline="always")
     def multiply_slice(a_sh, b_sh, a_at, b_at, acc, a_reg, b_reg):
-        for _ in range(bk):
-            for g in range(tm // vec):
-                for v in range(vec):
-                    a_reg[g * vec + v] = a_sh[a_at + u32(g * a_group + v)]
-            for g in range(tn // vec):
-                for v in range(vec):
-                    b_reg[g * vec + v] = b_sh[b_at + u32(g * b_group + v)]
-            a_at += u32(a_stride)
-            b_at += u32(b_stride)
-            for i in range(tm):
-                for j in range(tn):
-                    acc[i * tn + j] += a_reg[i] * b_reg[j]
+        for _ in range(bk // 2):
+            for _ in range(2):  # two steps per iteration of the loop above (see the docstring)
+                for g in range(tm // vec):
+                    for v in range(vec):
+                        a_reg[g * vec + v] = a_sh[a_at + u32(g * a_group + v)]
+                for g in range(tn // vec):
+                    for v in range(vec):
+                        b_reg[g * vec + v] = b_sh[b_at + u32(g * b_group + v)]
+                a_at += u32(a_stride)
+                b_at += u32(b_stride)
+                for i in range(tm):
+                    for j in range(tn):
+                        acc[i * tn + j] += a_reg[i] * b_reg[j]
 
     return multiply_slice
 

@@ -49,6 +49,7 @@ CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation); simulator tiles
     (2, 1, 6, 5, 7, 3, 1, 1, 1),   # one input channel (first layer): K = 9, grad-input on the thin tile
     (1, 2, 7, 6, 5, 3, 2, 2, 2),   # stride 2 with dilation 2: three of the four phases have no taps
     (1, 6, 5, 6, 9, 1, 2, 0, 1),   # 1x1 stride 2: only phase (0, 0) has a tap, the rest of gx is 0
+    (1, 3, 8, 8, 5, 3, 3, 1, 1),   # stride 3: 9 phases, one tap row and column each
 ]
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_CASES)
