@@ -185,7 +185,7 @@ def _gather_gemm(dtype, tiles):
         if col >= ncols:
             r0 = OUTSIDE  # a column past the end loads zeros
         pixel = n * b_img + r0 * wb + c0  # may be negative (padding): only used when inside
-        tap = (tap0 + tid // bn) * 3
+        tap = u32((tap0 + tid // bn) * 3)
 
         for i in range(acc_size):
             acc[i] = 0.0
@@ -198,13 +198,13 @@ def _gather_gemm(dtype, tiles):
                 for r in range(a_loads):
                     a_next[r] = a[a_off + u32(r * a_step * m_pad)]
                 for r in range(b_loads):
-                    t = tap + r * b_step * 3
-                    rr, cc = r0 + taps[t + 1], c0 + taps[t + 2]
+                    t = tap + u32(r * b_step * 3)
+                    rr, cc = r0 + taps[t + u32(1)], c0 + taps[t + u32(2)]
                     b_next[r] = 0.0
                     if 0 <= rr and rr < hb and 0 <= cc and cc < wb:
                         b_next[r] = b[u32(pixel + taps[t])]
                 a_off += u32(bk * m_pad)
-                tap += bk * 3
+                tap += u32(bk * 3)
             if s > 0:  # multiply slice s - 1, from the buffer written in the previous step
                 other = u32(1) - buf
                 multiply_slice(a_sh, b_sh, other * u32(bk * a_stride) + ty * u32(vec),
@@ -318,7 +318,7 @@ def _weight_gemm(dtype, tiles):
                         a_next[r] = gy[gy_at + f_off[r]]
                 for r in range(b_loads):
                     t = t_at[r]  # the tap table is small: these loads hit the L1 cache
-                    rr, cc = r0 + taps[t + 1], c0 + taps[t + 2]
+                    rr, cc = r0 + taps[t + u32(1)], c0 + taps[t + u32(2)]
                     b_next[r] = t_one[r]
                     if 0 <= rr and rr < h and 0 <= cc and cc < w:
                         b_next[r] = x[u32(x_at + taps[t])]
