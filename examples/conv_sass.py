@@ -51,8 +51,9 @@ def tool(name):
 
 def recorded_kernels():
     """{(kernel, signature): tiles} for every conv launch of SHAPES, float32 and float64."""
+    dtypes, shapes = (np.dtype("float32"), np.dtype("float64")), (conv2d.WIDE, conv2d.WIDE64, conv2d.THIN)
     tiles_of = {factory(dtype, tiles): tiles for factory in (conv2d._gather_gemm, conv2d._weight_gemm)
-                for dtype in (np.dtype("float32"), np.dtype("float64")) for tiles in (conv2d.WIDE, conv2d.WIDE64, conv2d.THIN)}
+                for dtype in dtypes for tiles in shapes}
     found = {}
     for dtype in (np.float32, np.float64):
         for x_shape, w_shape, s, p, d in SHAPES:
@@ -139,7 +140,8 @@ def main():
         print(f"{name}: {registers} registers, spills {spills[0]}/{spills[1]} bytes, {smem} bytes shared, "
               f"{blocks} blocks/SM = {occ:.0%} occupancy\n"
               f"    inner loop {b - a + 1} instructions, {inner_fma} FMA ({inner_fma / (b - a + 1):.1%}); "
-              f"slice (inner x{trips}) {slice_ops} instructions, {slice_fma} FMA ({slice_fma / slice_ops:.1%}, "
+              f"slice (inner x{trips}) {slice_ops} instructions, {slice_fma} FMA "
+              f"({slice_fma / slice_ops:.1%}, "
               f"{slice_ops / slice_fma:.2f} instructions per FMA)")
     print(f"files in {out}")
 

@@ -440,11 +440,13 @@ def _backward_data_plan(g, bk):
 
 @functools.lru_cache(maxsize=64)
 def _tables(kind, g, bk, xp):
-    """The per-launch tables, built once per geometry and kept on the device."""
-    if kind == "forward":
-        return xp.asarray(_pad_taps(_forward_taps(g), bk).ravel())
+    """The per-launch tables, built once per geometry and kept on the device (xp: numpy or cupy)."""
+    if kind == "forward":  # one phase: all of y
+        taps = _pad_taps(_forward_taps(g), bk)
+        return xp.asarray(taps.ravel()), xp.asarray(np.array([[0, len(taps), g[7], g[8], 0, 0]], np.int32))
     if kind == "weight":  # one OUTSIDE row after the last tap, for the bias column and beyond
-        return xp.asarray(_pad_taps(_forward_taps(g), len(_forward_taps(g)) + 1).ravel())
+        taps = _forward_taps(g)
+        return xp.asarray(_pad_taps(taps, len(taps) + 1).ravel())
     taps, a_rows, phases = _backward_data_plan(g, bk)
     valid = np.flatnonzero(a_rows >= 0)
     return xp.asarray(taps.ravel()), xp.asarray(valid), xp.asarray(a_rows[valid]), xp.asarray(phases)
@@ -460,14 +462,14 @@ def forward(x, w, b, stride, padding, dilation):
     k, m_pad = c * kh * kw, _round_up(f, bm)
     a = xp.zeros((_round_up(k, bk), m_pad), dtype=x.dtype)  # A^T = w as (K x F), zero-padded
     a[:k, :f] = w.reshape(f, k).T
-    taps = _tables("forward", g, bk, xp)
-    phases = xp.asarray(np.array([[0, _round_up(k, bk), ho, wo, 0, 0]], np.int32))
+    taps, phases = _tables("forward", g, bk, xp)
     y = kernels.empty(xp, (n, f, ho, wo), x.dtype)
     _check_32bit(x, y)
-    bias = b if b is not None else xp.zeros(f, dtype=x.dtype)
-    params = (f, m_pad, n, h, wd, c * h * wd, sh, -ph, sw, -pw, ho, wo, 1, 1, 1)
+    bias = xp.ascontiguousarray(b) if b is not None else kernels.empty(xp, 1, x.dtype)  # (unread)
+    params = (f, m_pad, n, h, wd, c * h * wd, sh, -ph, sw, -pw, ho, wo, 1, 1, int(b is not None))
     grid = (math.ceil(n * ho * wo / bn), m_pad // bm, 1)
-    kernels.launch(_gather_gemm(x.dtype, tiles), grid, THREADS[tiles], a.reshape(-1), xp.ascontiguousarray(x).ravel(),
+    kernel = _gather_gemm(x.dtype, tiles)
+    kernels.launch(kernel, grid, THREADS[tiles], a.reshape(-1), xp.ascontiguousarray(x).ravel(),
                    y.reshape(-1), bias, taps, phases, params)
     return y, x
 
@@ -489,7 +491,8 @@ def backward_data(gy, w, x_shape, stride, padding, dilation):
     params = (c, m_pad, n, ho, wo, f * ho * wo, 1, 0, 1, 0, h, wd, sh, sw, 0)
     most_columns = n * math.ceil(h / sh) * math.ceil(wd / sw)
     grid = (math.ceil(most_columns / bn), m_pad // bm, sh * sw)
-    kernels.launch(_gather_gemm(gy.dtype, tiles), grid, THREADS[tiles], a.reshape(-1), xp.ascontiguousarray(gy).ravel(),
+    kernel = _gather_gemm(gy.dtype, tiles)
+    kernels.launch(kernel, grid, THREADS[tiles], a.reshape(-1), xp.ascontiguousarray(gy).ravel(),
                    gx.reshape(-1), unused, taps, phases, params)
     return gx
 
@@ -511,7 +514,8 @@ def backward_weight(gy, x, w_shape, stride, padding, dilation, splits=None):
     _check_32bit(gy, x, partial)
     params = (n, c, h, wd, f, ho, wo, sh, sw, ph, pw, k, per_split)
     grid = (math.ceil((k + 1) / bn), math.ceil(f / bm), splits)
-    kernels.launch(_weight_gemm(gy.dtype, tiles), grid, THREADS[tiles], xp.ascontiguousarray(gy).ravel(),
+    kernel = _weight_gemm(gy.dtype, tiles)
+    kernels.launch(kernel, grid, THREADS[tiles], xp.ascontiguousarray(gy).ravel(),
                    xp.ascontiguousarray(x).ravel(), partial.reshape(-1), _tables("weight", g, bk, xp), params)
     total = partial[0] if splits == 1 else partial.sum(axis=0)
     return xp.ascontiguousarray(total[:, :k]).reshape(w_shape), xp.ascontiguousarray(total[:, k])
