@@ -32,7 +32,7 @@ SHAPES = [  # (x shape, w shape, stride, padding, dilation): big layer, first la
     ((2, 64, 9, 9), (64, 64, 3, 3), 2, 1, 1),
     ((2, 1, 9, 9), (16, 1, 3, 3), 1, 1, 1),
     ((2, 64, 9, 9), (2, 64, 1, 1), 1, 0, 1),
-]
+]  # every tile shape appears: 128 x 128 (float64: 64 x 64), 32 x 128, 32 x 32 (first grad-weight)
 FMA = ("FFMA", "DFMA")
 
 
@@ -51,7 +51,8 @@ def tool(name):
 
 def recorded_kernels():
     """{(kernel, signature): tiles} for every conv launch of SHAPES, float32 and float64."""
-    dtypes, shapes = (np.dtype("float32"), np.dtype("float64")), (conv2d.WIDE, conv2d.WIDE64, conv2d.THIN)
+    dtypes = (np.dtype("float32"), np.dtype("float64"))
+    shapes = (conv2d.WIDE, conv2d.WIDE64, conv2d.THIN, conv2d.SMALL)
     tiles_of = {factory(dtype, tiles): tiles for factory in (conv2d._gather_gemm, conv2d._weight_gemm)
                 for dtype in dtypes for tiles in shapes}
     found = {}
@@ -132,9 +133,12 @@ def main():
         ops, found = loops(sass)
         with_fma = sorted((b - a, a, b) for a, b in found if any(o.startswith(FMA) for o in ops[a:b + 1]))
         _, a, b = with_fma[0]  # innermost
-        _, c, d = next(x for x in with_fma[1:] if x[1] <= a and b <= x[2])  # the reduction loop around it
         inner_fma = sum(o.startswith(FMA) for o in ops[a:b + 1])
         trips = bk * tm * tn // inner_fma  # a thread does BK * TM * TN multiply-adds per slice
+        if trips == 1:  # LLVM unrolled all BK steps: the innermost loop is the reduction loop
+            c, d = a, b
+        else:  # the reduction loop around it
+            _, c, d = next(x for x in with_fma[1:] if x[1] <= a and b <= x[2])
         slice_ops = (d - c + 1) - (b - a + 1) + trips * (b - a + 1)
         slice_fma = sum(o.startswith(FMA) for o in ops[c:d + 1]) - inner_fma + trips * inner_fma
         print(f"{name}: {registers} registers, spills {spills[0]}/{spills[1]} bytes, {smem} bytes shared, "

@@ -68,12 +68,14 @@ u32 = numba.uint32  # array offsets: unsigned (no negative-index handling), 32-b
 WIDE = (128, 128, 8, 8, 8, 4)  # float32, big layers: 256 threads, 8 x 8 results each
 WIDE64 = (64, 64, 8, 4, 4, 4)  # float64: 64 double accumulators would not fit in registers
 THIN = (32, 128, 8, 4, 4, 4)  # M <= 32 rows (first layer, head): 256 threads, 4 x 4 each
+SMALL = (32, 32, 8, 2, 2, 2)  # <= 32 columns (the first layer's grad-weight: 9 taps + bias)
 if SIMULATOR:  # the same kernels with 16 threads on tiny tiles: small tests, many tiles
     WIDE = WIDE64 = (8, 8, 4, 2, 2, 2)
     THIN = (4, 16, 4, 2, 2, 2)
+    SMALL = (4, 4, 4, 1, 1, 1)
 PAD = 4  # shared rows are BM + PAD long: no bank conflicts in weight_gemm's stores, 16-byte aligned
 OUTSIDE = -(1 << 20)  # a row offset that puts a tap far outside every image: it loads a zero
-THREADS = {t: (t[0] // t[3]) * (t[1] // t[4]) for t in (WIDE, WIDE64, THIN)}  # threads per block
+THREADS = {t: (t[0] // t[3]) * (t[1] // t[4]) for t in (WIDE, WIDE64, THIN, SMALL)}  # threads per block
 
 
 def _jit_options(threads):
@@ -82,7 +84,10 @@ def _jit_options(threads):
     return {} if SIMULATOR else {"launch_bounds": (threads, 2)}
 
 
-def _tiles(m, dtype):
+def _tiles(m, n, dtype):
+    """The tile shape for a product C with m rows and n columns: no block multiplies mostly zeros."""
+    if n <= SMALL[1]:
+        return SMALL
     if m <= THIN[0]:
         return THIN
     return WIDE if np.dtype(dtype) == np.float32 else WIDE64
@@ -457,7 +462,7 @@ def forward(x, w, b, stride, padding, dilation):
     xp = get_array_module(x)
     g = geometry(x.shape, w.shape, stride, padding, dilation)
     n, c, h, wd, f, kh, kw, ho, wo, sh, sw, ph, pw = g[:13]
-    tiles = _tiles(f, x.dtype)
+    tiles = _tiles(f, n * ho * wo, x.dtype)
     bm, bn, bk = tiles[:3]
     k, m_pad = c * kh * kw, _round_up(f, bm)
     a = xp.zeros((_round_up(k, bk), m_pad), dtype=x.dtype)  # A^T = w as (K x F), zero-padded
@@ -479,7 +484,8 @@ def backward_data(gy, w, x_shape, stride, padding, dilation):
     xp = get_array_module(gy)
     g = geometry(x_shape, w.shape, stride, padding, dilation)
     n, c, h, wd, f, kh, kw, ho, wo, sh, sw = g[:11]
-    tiles = _tiles(c, gy.dtype)
+    most_columns = n * math.ceil(h / sh) * math.ceil(wd / sw)  # in the largest phase
+    tiles = _tiles(c, most_columns, gy.dtype)
     bm, bn, bk = tiles[:3]
     taps, valid, a_rows, phases = _tables("backward_data", g, bk, xp)
     m_pad = _round_up(c, bm)
@@ -489,7 +495,6 @@ def backward_data(gy, w, x_shape, stride, padding, dilation):
     _check_32bit(gx, gy)
     unused = kernels.empty(xp, 1, gy.dtype)  # no bias (not gx twice: the simulator copies arguments back)
     params = (c, m_pad, n, ho, wo, f * ho * wo, 1, 0, 1, 0, h, wd, sh, sw, 0)
-    most_columns = n * math.ceil(h / sh) * math.ceil(wd / sw)
     grid = (math.ceil(most_columns / bn), m_pad // bm, sh * sw)
     kernel = _gather_gemm(gy.dtype, tiles)
     kernels.launch(kernel, grid, THREADS[tiles], a.reshape(-1), xp.ascontiguousarray(gy).ravel(),
@@ -502,9 +507,9 @@ def backward_weight(gy, x, w_shape, stride, padding, dilation, splits=None):
     xp = get_array_module(gy)
     g = geometry(x.shape, w_shape, stride, padding, dilation)
     n, c, h, wd, f, kh, kw, ho, wo, sh, sw, ph, pw = g[:13]
-    tiles = _tiles(f, gy.dtype)
-    bm, bn, bk = tiles[:3]
     p, k = n * ho * wo, c * kh * kw
+    tiles = _tiles(f, k + 1, gy.dtype)
+    bm, bn, bk = tiles[:3]
     if splits is None:  # enough blocks to fill an H100 (2 per SM on 132 SMs), each reducing >= 512 pixels
         tiles_count = math.ceil(f / bm) * math.ceil((k + 1) / bn)
         splits = max(1, min(math.ceil(264 / tiles_count), p // 512))

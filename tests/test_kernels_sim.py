@@ -40,7 +40,7 @@ def simulator_settings():
     sys.setswitchinterval(previous)
 
 
-CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation); simulator tiles: 8 x 8, thin 4 x 16
+CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation); simulator tiles: 8x8, thin 4x16, small 4x4
     (2, 3, 7, 6, 4, 3, 2, 1, 1),   # stride 2: 4 grad-input phases of unequal sizes, batch 2
     (1, 2, 9, 8, 3, 3, 1, 2, 2),   # dilation 2
     (1, 3, 5, 7, 2, 1, 1, 0, 1),   # 1x1 with 2 filters: the thin tile (like the regression head)
@@ -50,6 +50,8 @@ CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation); simulator tiles
     (1, 2, 7, 6, 5, 3, 2, 2, 2),   # stride 2 with dilation 2: three of the four phases have no taps
     (1, 6, 5, 6, 9, 1, 2, 0, 1),   # 1x1 stride 2: only phase (0, 0) has a tap, the rest of gx is 0
     (1, 3, 8, 8, 5, 3, 3, 1, 1),   # stride 3: 9 phases, one tap row and column each
+    (2, 1, 5, 4, 6, 1, 1, 0, 1),   # grad-weight with 2 columns (1 tap + bias): the small tile
+    (1, 3, 2, 2, 5, 1, 1, 0, 1),   # 4 pixels: every pass on the small tile
 ]
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_CASES)
