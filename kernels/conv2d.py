@@ -45,7 +45,13 @@ What each choice saves (static figures from ptxas/nvdisasm for sm_90: docs/kerne
   along grid axis z, so a small F x K output still fills the GPU; partials are summed.
 
 Small layers (the first conv with one input channel, the 2-channel regression head) have
-few rows M: they use a thin 32 x 128 tile, so a block does not multiply 126 rows of zeros.
+few rows M: they use a thin 32 x 128 tile, so a block does not multiply 126 rows of zeros;
+a product with few columns (the first conv's grad-weight: 9 taps + bias) uses a 32 x 32 tile.
+
+Shared and local array sizes must be compile-time constants on a GPU (the simulator accepts
+anything). Here they are computed in the Python function that builds each kernel
+(``_gather_gemm``, ``_weight_gemm``) and captured by the kernel, which Numba freezes like a
+module-level constant; an expression such as ``BM + 1`` inside the kernel would not compile.
 
 ``conv2d_naive`` (one thread per output, no shared memory) is the readable first version,
 kept as a comparison point.
