@@ -11,9 +11,10 @@ entries it needs straight from the NCHW tensors ("implicit GEMM").
     grad-weight   [gw|gb] (F x C*kh*kw+1)   gy (F x N*Ho*Wo)    [im2col(x)^T | 1]
 
 Forward and grad-input are the *same* kernel, ``gather_gemm``: both gather B from a 4-D
-tensor through a small per-launch table of taps (see ``_taps``). grad-weight reduces over
-pixels instead of taps and has its own kernel, ``weight_gemm``, which also produces the
-bias gradient as one extra column of ones. Both kernels share the structure below.
+tensor through a small per-launch table of taps (``_forward_taps``, ``_backward_data_plan``).
+grad-weight reduces over pixels instead of taps and has its own kernel, ``weight_gemm``,
+which also produces the bias gradient as one extra column of ones. Both kernels share the
+structure below.
 
 How one block computes its BM x BN tile of C (BM = BN = 128, 256 threads, float32):
 
@@ -33,9 +34,9 @@ accumulators held in registers ("register blocking": 16 reads feed 64 FMAs). Thr
 the tile, and the same pattern of columns: four consecutive values make one vector load.
 
 What each choice saves (static figures from ptxas/nvdisasm for sm_90: docs/kernels.md):
-- 1-D shared arrays indexed with unsigned 32-bit offsets, and the 8 steps of a slice
-  written out with compile-time offsets: every shared-memory address in the slice is a
-  base register plus a constant, so the slice is almost only loads and FFMAs.
+- 1-D shared arrays indexed with unsigned 32-bit offsets, micro-tile loops with constant
+  trip counts, two steps of a slice per loop iteration: every shared-memory address is a
+  base register plus a constant, and the inner loop is 128 FFMA in 146 instructions.
 - Per-tile decoding and the tap tables: the reduction loop does no integer division.
 - Zero-padded A (rows up to a whole slice, columns up to a whole tile) and out-of-range
   "sentinel" taps: the loads of A need no bounds checks at all.
@@ -43,9 +44,10 @@ What each choice saves (static figures from ptxas/nvdisasm for sm_90: docs/kerne
   reached by a fixed subset of the taps; one sub-problem per phase does no zero taps.
 - Split-K in grad-weight: the reduction over pixels is cut into ranges, one per block
   along grid axis z, so a small F x K output still fills the GPU; partials are summed.
+- The bias gradient as a column of ones in grad-weight: no bias kernel, no second pass over gy.
 
 Small layers (the first conv with one input channel, the 2-channel regression head) have
-few rows M: they use a thin 32 x 128 tile, so a block does not multiply 126 rows of zeros;
+few rows M: they use a thin 32 x 128 tile, so a block does not multiply mostly zero rows;
 a product with few columns (the first conv's grad-weight: 9 taps + bias) uses a 32 x 32 tile.
 
 Shared and local array sizes must be compile-time constants on a GPU (the simulator accepts
