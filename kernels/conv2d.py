@@ -70,6 +70,9 @@ import minicolor.kernels as kernels
 from minicolor.kernels import SIMULATOR
 
 u32 = numba.uint32  # array offsets: unsigned (no negative-index handling), 32-bit (cheap)
+if SIMULATOR:  # numba.uint32(-1) raises in Python; on a GPU it wraps to 2**32 - 1, as here
+    def u32(value):
+        return np.uint32(int(value) & 0xFFFFFFFF)
 
 # Tile shapes, (BM, BN, BK, TM, TN, VEC): a block computes BM x BN of C, walking the reduction
 # BK rows at a time; each thread owns TM x TN results, read from shared memory VEC at a time.
@@ -214,7 +217,7 @@ def _gather_gemm(dtype, tiles):
                     t = tap + u32(r * b_step * 3)
                     rr, cc = r0 + taps[t + u32(1)], c0 + taps[t + u32(2)]
                     b_next[r] = 0.0
-                    if 0 <= rr and rr < hb and 0 <= cc and cc < wb:
+                    if u32(rr) < u32(hb) and u32(cc) < u32(wb):  # 0 <= rr < hb: negative rr wraps to >= 2**31
                         b_next[r] = b[u32(pixel + taps[t])]
                 a_off += u32(bk * m_pad)
                 tap += u32(bk * 3)
@@ -333,7 +336,7 @@ def _weight_gemm(dtype, tiles):
                     t = t_at[r]  # the tap table is small: these loads hit the L1 cache
                     rr, cc = r0 + taps[t + u32(1)], c0 + taps[t + u32(2)]
                     b_next[r] = t_one[r]
-                    if 0 <= rr and rr < h and 0 <= cc and cc < w:
+                    if u32(rr) < u32(h) and u32(cc) < u32(w):  # 0 <= rr < h, one unsigned comparison
                         b_next[r] = x[u32(x_at + taps[t])]
             if s > 0:
                 other = u32(1) - buf
