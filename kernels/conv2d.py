@@ -59,6 +59,7 @@ module-level constant; an expression such as ``BM + 1`` inside the kernel would 
 kept as a comparison point.
 """
 import functools
+import inspect
 import math
 
 import numba
@@ -91,8 +92,11 @@ THREADS = {t: (t[0] // t[3]) * (t[1] // t[4]) for t in (WIDE, WIDE64, THIN, SMAL
 
 def _jit_options(threads):
     """Launch bounds: at most ``threads`` per block and 2 blocks per SM, so ptxas keeps to 128
-    registers a thread (weight_gemm would take 152 and fit 1 block). Not in the simulator."""
-    return {} if SIMULATOR else {"launch_bounds": (threads, 2)}
+    registers a thread (weight_gemm would take 152 and fit 1 block). Not in the simulator, nor
+    in the CUDA target built into numba (without the numba-cuda package), which lacks them."""
+    if SIMULATOR or "launch_bounds" not in inspect.signature(cuda.jit).parameters:
+        return {}
+    return {"launch_bounds": (threads, 2)}
 
 
 def _tiles(m, n, dtype):
