@@ -128,7 +128,7 @@ def _slice_multiplier(tiles, real):
     a_stride, b_stride = bm + PAD, bn + PAD
     a_group, b_group = (bm // tm) * vec, (bn // tn) * vec  # distance between a thread's groups
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def multiply_slice(a_sh, b_sh, a_at, b_at, acc, a_reg, b_reg):
         for _ in range(bk // 2):
             for _ in range(2):  # two steps per iteration of the loop above (see the docstring)
