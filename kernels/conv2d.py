@@ -119,10 +119,11 @@ def _slice_multiplier(tiles, real):
 
     The loops over the micro-tile have compile-time trip counts and constant offsets, so LLVM
     unrolls them completely. It does not unroll the loop over the BK steps (a body of 64 FFMA
-    is too big for its heuristics), and a loop iteration costs about 14 instructions of
-    counting and branching: hence two steps per iteration, written out as an inner loop of 2
-    that LLVM does unroll. For the 128 x 128 float32 tile that takes the loop from 78
-    instructions per 64 FFMA (82%) to 146 per 128 (88%); 4 or 8 steps are not unrolled.
+    is too big for its heuristics), and a loop iteration costs about 10 instructions of
+    counting, addressing and branching: hence two steps per iteration, written out as an
+    inner loop of 2 that LLVM does unroll. For the 128 x 128 float32 tile that takes the loop
+    from 78 instructions per 64 FFMA (82%) to 146 per 128 (88%); an inner loop of 4 or 8 is
+    not unrolled. (The 2 x 2 body of the 32 x 32 tile is small: there LLVM unrolls all 8.)
     """
     bm, bn, bk, tm, tn, vec = tiles
     a_stride, b_stride = bm + PAD, bn + PAD
