@@ -53,6 +53,8 @@ CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation); simulator tiles
     (2, 1, 5, 4, 6, 1, 1, 0, 1),   # grad-weight with 2 columns (1 tap + bias): the small tile
     (1, 3, 2, 2, 5, 1, 1, 0, 1),   # 4 pixels: every pass on the small tile
 ]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv2d_kernels_match_reference(rng, case, dtype):
@@ -79,8 +81,9 @@ def test_conv2d_kernels_match_reference(rng, case, dtype):
 @pytest.mark.parametrize("case", [(2, 8, 8, 3, 2, 1, 1), (1, 7, 9, 3, 2, 2, 2), (1, 6, 6, 1, 2, 0, 1),
                                   (1, 9, 6, 5, 3, 2, 1), (1, 5, 5, 3, 1, 1, 1)])
 def test_conv2d_grad_input_phases_do_no_wasted_taps(case):
-    """Every kernel tap lands in exactly one stride phase, and the multiply-adds done are those
-    of the real taps: about 1/(sh*sw) of what gathering over all taps would do."""
+    """Every (tap, filter) row is in exactly one stride phase, and the multiply-adds done are
+    those of taps that land on the output grid, none between two outputs: about 1/(sh*sw) of
+    what gathering over all taps would do."""
     n, h, w, k, s, p, d = case
     c, f = 3, 4
     g = k_conv2d.geometry((n, c, h, w), (f, c, k, k), (s, s), (p, p), (d, d))
@@ -90,7 +93,7 @@ def test_conv2d_grad_input_phases_do_no_wasted_taps(case):
     assert (taps[~real, 1] == k_conv2d.OUTSIDE).all() and (phases[:, 1] % 4 == 0).all()
     work = sum(int(real[first:first + rows].sum()) * n * count_h * count_w
                for first, rows, count_h, count_w, _, _ in phases)
-    reached = np.zeros((h, w), int)  # for each input pixel, the taps that really reach it
+    reached = np.zeros((h, w), int)  # for each input pixel, the taps that land on the output grid
     for ih in range(h):
         for iw in range(w):
             for i in range(k):
