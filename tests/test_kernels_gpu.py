@@ -74,6 +74,39 @@ def test_conv2d_on_network_shapes(x_shape, w_shape, stride, padding, dilation):
     assert relative_error(gb, gb_ref) < 1e-4
 
 
+ODD_CONV_CASES = [  # (x shape, F, k, stride, padding, dilation): the kernels' other code paths
+    ((3, 129, 17, 13), 130, 3, 2, 2, 2),  # partial tiles everywhere; stride 2 with dilation 2 (phases)
+    ((2, 70, 9, 11), 313, 1, 1, 0, 1),    # the classification head's 313 bins: 3 row tiles, the last partial
+    ((2, 40, 10, 9), 3, 1, 2, 0, 1),      # thin tile (3 filters), 1x1 stride 2: 3 of 4 phases without taps
+    ((4, 1, 33, 31), 20, 3, 1, 1, 1),     # one input channel: K = 9, thin tile, grad-input with M = 1
+]
+
+
+@pytest.mark.parametrize("dtype", [cupy.float32, cupy.float64])
+@pytest.mark.parametrize("x_shape, f, k, stride, padding, dilation", ODD_CONV_CASES)
+def test_conv2d_on_odd_shapes(x_shape, f, k, stride, padding, dilation, dtype):
+    """float64 runs the 64 x 64 tile (float32 the 128 x 128 one); both against float64 NumPy on CuPy."""
+    rng = cupy.random.default_rng(7)
+    x = rng.standard_normal(x_shape, dtype=cupy.float32).astype(dtype)
+    w = rng.standard_normal((f, x_shape[1], k, k), dtype=cupy.float32).astype(dtype)
+    b = rng.standard_normal(f, dtype=cupy.float32).astype(dtype)
+    g = ((stride, stride), (padding, padding), (dilation, dilation))
+    x64, w64, b64 = x.astype(cupy.float64), w.astype(cupy.float64), b.astype(cupy.float64)
+    tol = 1e-4 if dtype == cupy.float32 else 1e-12
+    y, saved = k_conv2d.forward(x, w, b, *g)
+    y_ref, cols = r_conv2d.forward(x64, w64, b64, *g)
+    assert y.dtype == dtype and relative_error(y, y_ref) < tol
+    gy = rng.standard_normal(y.shape, dtype=cupy.float32).astype(dtype)
+    gy64 = gy.astype(cupy.float64)
+    assert relative_error(k_conv2d.backward_data(gy, w, x.shape, *g),
+                          r_conv2d.backward_data(gy64, w64, x.shape, *g)) < tol
+    gw_ref, gb_ref = r_conv2d.backward_weight(gy64, cols, w.shape)
+    for splits in (None, 1, 5):
+        gw, gb = k_conv2d.backward_weight(gy, saved, w.shape, *g, splits=splits)
+        assert relative_error(gw, gw_ref) < tol
+        assert relative_error(gb, gb_ref) < tol
+
+
 @pytest.mark.parametrize("shape", [(BATCH, 16, 112, 112), (BATCH, 512, 28, 28)])
 def test_batchnorm_on_network_shapes(shape):
     rng = cupy.random.default_rng(1)

@@ -40,12 +40,18 @@ def simulator_settings():
     sys.setswitchinterval(previous)
 
 
-CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation)
-    (2, 3, 7, 6, 4, 3, 2, 1, 1),   # stride 2, odd and non-square, batch 2
+CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation); simulator tiles: 8x8, thin 4x16, small 4x4
+    (2, 3, 7, 6, 4, 3, 2, 1, 1),   # stride 2: 4 grad-input phases of unequal sizes, batch 2
     (1, 2, 9, 8, 3, 3, 1, 2, 2),   # dilation 2
-    (1, 3, 5, 7, 2, 1, 1, 0, 1),   # 1x1
+    (1, 3, 5, 7, 2, 1, 1, 0, 1),   # 1x1 with 2 filters: the thin tile (like the regression head)
     (1, 2, 3, 3, 11, 3, 1, 1, 1),  # 11 filters: two row tiles, the second partial
-    (1, 5, 4, 4, 2, 3, 1, 1, 1),   # reduction 45: not a multiple of the slice BK = 8
+    (1, 5, 4, 4, 6, 3, 1, 1, 1),   # reduction 45: not a multiple of the slice BK = 4 (padded taps)
+    (2, 1, 6, 5, 7, 3, 1, 1, 1),   # one input channel (first layer): K = 9, grad-input on the thin tile
+    (1, 2, 7, 6, 5, 3, 2, 2, 2),   # stride 2 with dilation 2: three of the four phases have no taps
+    (1, 6, 5, 6, 9, 1, 2, 0, 1),   # 1x1 stride 2: only phase (0, 0) has a tap, the rest of gx is 0
+    (1, 3, 8, 8, 5, 3, 3, 1, 1),   # stride 3: 9 phases, one tap row and column each
+    (2, 1, 5, 4, 6, 1, 1, 0, 1),   # grad-weight with 2 columns (1 tap + bias): the small tile
+    (1, 3, 2, 2, 5, 1, 1, 0, 1),   # 4 pixels: every pass on the small tile
 ]
 
 
@@ -70,6 +76,46 @@ def test_conv2d_kernels_match_reference(rng, case, dtype):
         gw, gb = k_conv2d.backward_weight(gy, saved, wt.shape, *geometry, splits=splits)
         np.testing.assert_allclose(gw, gw_ref, **tol)
         np.testing.assert_allclose(gb, gb_ref, **tol)
+
+
+@pytest.mark.parametrize("case", [(2, 8, 8, 3, 2, 1, 1), (1, 7, 9, 3, 2, 2, 2), (1, 6, 6, 1, 2, 0, 1),
+                                  (1, 9, 6, 5, 3, 2, 1), (1, 5, 5, 3, 1, 1, 1)])
+def test_conv2d_grad_input_phases_do_no_wasted_taps(case):
+    """Every (tap, filter) row is in exactly one stride phase, and the multiply-adds done are
+    those of taps that land on the output grid, none between two outputs: about 1/(sh*sw) of
+    what gathering over all taps would do."""
+    n, h, w, k, s, p, d = case
+    c, f = 3, 4
+    g = k_conv2d.geometry((n, c, h, w), (f, c, k, k), (s, s), (p, p), (d, d))
+    taps, a_rows, phases = k_conv2d._backward_data_plan(g, bk=4)
+    real = a_rows >= 0
+    assert sorted(a_rows[real]) == list(range(k * k * f))  # each (tap, filter) row once
+    assert (taps[~real, 1] == k_conv2d.OUTSIDE).all() and (phases[:, 1] % 4 == 0).all()
+    work = sum(int(real[first:first + rows].sum()) * n * count_h * count_w
+               for first, rows, count_h, count_w, _, _ in phases)
+    reached = np.zeros((h, w), int)  # for each input pixel, the taps that land on the output grid
+    for ih in range(h):
+        for iw in range(w):
+            for i in range(k):
+                for j in range(k):
+                    th, tw = ih + p - i * d, iw + p - j * d
+                    if th % s == 0 and tw % s == 0:
+                        reached[ih, iw] += 1
+    assert work == n * f * reached.sum()
+    starts = {(int(start_h), int(start_w)) for *_, start_h, start_w in phases}
+    assert len(starts) == s * s  # the phases tile the input: every pixel of gx is written
+
+
+def test_conv2d_backward_weight_fills_the_gpu_with_split_k():
+    """The default split of grad-weight's reduction gives at least 264 blocks (2 per H100 SM)
+    when there are pixels enough (>= 512 per split). Recorded, not run."""
+    x = np.zeros((2, 2, 256, 256), np.float32)
+    gy = np.zeros((2, 3, 256, 256), np.float32)
+    with kernels.recording() as launches:
+        k_conv2d.backward_weight(gy, x, (3, 2, 3, 3), (1, 1), (1, 1), (1, 1))
+    (kernel, grid, block, args), = launches
+    assert grid[0] * grid[1] * grid[2] >= 264
+    assert args[2].shape == (grid[2] * 3 * (2 * 9 + 1),)  # one partial [gw | gb] per split
 
 
 def test_naive_conv2d_kernel(rng):
