@@ -22,7 +22,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: cuda if usable, else cpu), cpu or cuda")
     parser.add_argument("--out", default="runs/overfit_bridge", help="where pictures go")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     args = parser.parse_args()

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .color import lab_to_rgb, rgb_to_lab
 from .data import resize_rgb
-from .images import DataError, is_image_name, load_rgb
+from .images import is_image_name, load_rgb
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 STRIP_PIXELS = 1 << 20  # pixels per strip of the full-size work (about 100 MB of temporaries)
@@ -98,18 +98,16 @@ def colorize_rgb(model, rgb, size=224, strip_pixels=None):
 # --- files -----------------------------------------------------------------------------------
 def expand_inputs(inputs):
     """[(photo, path of its result relative to the output folder, without suffix)] for the
-    command's arguments: a file as given; a folder's photos (every subfolder, hidden files
-    passed over), each result in the same subfolder of the output. Input order is kept,
-    a photo given twice is colorized once. A missing argument raises DataError."""
+    command's arguments: a file as given (a missing one too: reading it will fail and say so);
+    a folder's photos (every subfolder, hidden files passed over), each result in the same
+    subfolder of the output. Input order is kept, a photo given twice is colorized once."""
     pairs, seen = [], set()
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if is_image_name(p) and p.is_file())
             pairs += [(p, p.relative_to(item).with_suffix("")) for p in found]
-        elif item.exists():
-            pairs.append((item, Path(item.stem)))
         else:
-            raise DataError(f"no such photo or folder: {item}")
+            pairs.append((item, Path(item.stem)))
     unique = []
     for photo, stem in pairs:
         key = os.path.realpath(photo)
@@ -172,8 +170,9 @@ def save_rgb(rgb, target):
         Image.fromarray(rgb).save(tmp, format=Image.registered_extensions()[target.suffix.lower()])
         os.replace(tmp, target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failure or Ctrl-C; gone already after the rename
     return target
 
 
