@@ -1,7 +1,8 @@
 """Reproduce the report's experiment: overfit ColorizationNet to one photo of a bridge.
 
-    python examples/overfit_bridge.py                 # 400 steps on the CPU, about a minute
-    python examples/overfit_bridge.py --device cuda   # on an NVIDIA GPU
+    python examples/overfit_bridge.py                 # 400 steps, on the GPU if there is one
+    python examples/overfit_bridge.py --device cpu    # 0.5 to 3 minutes on an idle 2-core CPU
+    OPENBLAS_NUM_THREADS=1 python examples/overfit_bridge.py   # on a busy CPU (see README)
 
 Prints the loss (MSE per ab value, Lab units) at steps 100, 200 and 400 beside the
 report's figures, the floor that x4 bilinear upsampling puts under it on this photo, the

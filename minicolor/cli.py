@@ -37,6 +37,25 @@ def shown(path):
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
+def busy_cpu_note(device):
+    """A line of advice when training on CPU cores that other processes keep busy, else None.
+
+    NumPy's OpenBLAS splits each matrix product over all cores, and its threads spin while they
+    wait for each other; when another process holds a core, every product waits for the thread
+    that is not running. One thread was 3 to 5 times faster on a busy 2-core machine
+    (docs/benchmarks.md, *Threads on a busy machine*)."""
+    from .backend import cpu_count
+
+    cores = cpu_count()
+    if device != "cpu" or cores < 2 or os.environ.get("OPENBLAS_NUM_THREADS") == "1":
+        return None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load < cores:
+        return None
+    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores); training may run several "
+            "times faster with OPENBLAS_NUM_THREADS=1 set before the command")
+
+
 def _plural(n, word):
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -44,8 +63,11 @@ def _plural(n, word):
 def cmd_overfit(args):
     from .overfit import format_table, overfit
 
+    device = resolve_device(args.device)
+    if busy_cpu_note(device):
+        print(busy_cpu_note(device), file=sys.stderr)
     summary = overfit(args.image, steps=args.steps, width=args.width, size=args.size, lr=args.lr,
-                      device=resolve_device(args.device), seed=args.seed, out_dir=args.out,
+                      device=device, seed=args.seed, out_dir=args.out,
                       progress=not args.quiet)
     print(format_table(summary))
     print("pictures:", ", ".join(summary["grids"] + [summary["loss_curve"]]))
@@ -59,6 +81,8 @@ def cmd_train(args):
 
     device = resolve_device(args.device)  # before minutes of decoding photos
     check_writable(args.out)
+    if busy_cpu_note(device):
+        print(busy_cpu_note(device), file=sys.stderr)
     resume_config = read_npz(args.resume)[1] if args.resume else None
     if args.format == "kaggle":
         dataset = KaggleColorization(args.data, limit=args.limit, flip=True)

@@ -316,7 +316,8 @@ def test_full_disk_keeps_earlier_results(tmp_path, rng, weights, capsys, monkeyp
     monkeypatch.setattr(Image.Image, "save", full)
     code, _, err = run(["colorize", *map(str, photos)] + common, capsys)
     assert code == 1 and err.count("No space left on device") == 2 and "2 of 2 photos failed" in err
-    assert (out / "p0_color.png").read_bytes() == before and [p.name for p in out.iterdir()] == ["p0_color.png"]
+    assert (out / "p0_color.png").read_bytes() == before
+    assert [p.name for p in out.iterdir()] == ["p0_color.png"]
 
 
 def test_device_auto_everywhere(tmp_path, rng, weights, capsys):
@@ -390,6 +391,18 @@ def test_resume_from_weights_past_steps_and_on_other_data(tmp_path, rng, capsys)
                             "--val-fraction", "0.5")
     assert code == 0 and "done: step 5" in text
     assert "warning: checkpoint" in err and "was trained on other data (folder, 1 training images)" in err
+
+
+def test_busy_cpu_note(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setattr(backend, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert "load 5.0 on 2 cores" in cli.busy_cpu_note("cpu") and cli.busy_cpu_note("cuda") is None
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert cli.busy_cpu_note("cpu") is None
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert cli.busy_cpu_note("cpu") is None
 
 
 # --- smaller items -------------------------------------------------------------------------------
