@@ -29,7 +29,8 @@ def standard_images():
         from sklearn.datasets import load_sample_image
     except ImportError as exc:
         raise RuntimeError("the standard images need scikit-image and scikit-learn: "
-                           "pip install scikit-image scikit-learn") from exc
+                           "pip install 'minicolor[eval]' (or pip install scikit-image scikit-learn)"
+                           ) from exc
     import matplotlib.cbook
 
     images = {name: getattr(skdata, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")}

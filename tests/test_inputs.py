@@ -4,8 +4,10 @@ Each case gives the right result or a one-line error naming the file; nothing wr
 """
 import io
 import os
+import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -425,6 +427,22 @@ def test_activations_keep_the_aspect_ratio(tmp_path, rng, weights, capsys, monke
     assert cli.main(["activations", str(photo), "--weights", str(weights), "--size", "48",
                      "-o", str(tmp_path / "a.png")]) == 0
     assert seen == [(16, 48)]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_eval_extra_installs_what_evaluate_standard_needs():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = ROOT
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {req.split(">")[0] for req in extras["eval"]} >= {"scikit-image", "scikit-learn"}
+    assert 'pip install ".[eval]"' in (root / "README.md").read_text()
+
+
+def test_docs_speak_to_readers_not_to_the_issue_tracker():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        assert not re.search(r"\b(the )?(targets|goals?) of issue \d", page.read_text()), page.name
 
 
 def test_bench_without_torch_says_why(monkeypatch, capsys):
