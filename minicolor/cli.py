@@ -81,8 +81,6 @@ def cmd_train(args):
 
     device = resolve_device(args.device)  # before minutes of decoding photos
     check_writable(args.out)
-    if busy_cpu_note(device):
-        print(busy_cpu_note(device), file=sys.stderr)
     resume_config = read_npz(args.resume)[1] if args.resume else None
     if args.format == "kaggle":
         dataset = KaggleColorization(args.data, limit=args.limit, flip=True)
@@ -110,6 +108,8 @@ def cmd_train(args):
         print(f"the checkpoint is already at step {trainer.step}, at or past --steps {args.steps}: "
               f"nothing to train (--steps counts from the start of the run; give more to go on)")
     else:
+        if busy_cpu_note(device):
+            print(busy_cpu_note(device), file=sys.stderr)
         trainer.fit(args.steps)
     trainer.save_checkpoint()
     weights = save_weights(Path(args.out) / "weights.npz", trainer.model)
