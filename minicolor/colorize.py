@@ -134,7 +134,7 @@ def output_paths(stems, out, overwrite=False):
             raise OutputError(f"-o {out} is an existing file without an image suffix; give a "
                               "folder, or a name ending in .png or .jpg")
         if out.exists() and not overwrite:
-            raise OutputError(f"{out} exists (from an earlier run?); --overwrite replaces it")
+            raise OutputError(f"{out} exists; --overwrite replaces it")
         return [out]
     taken, paths = set(), []
     for stem in stems:

@@ -251,7 +251,7 @@ def test_output_file(tmp_path, rng, weights, capsys):
     assert run(["colorize", str(photo), "-o", str(target)] + common, capsys)[0] == 0
     assert Image.open(target).format == "JPEG" and Image.open(target).size == (14, 10)
     code, _, err = run(["colorize", str(photo), "-o", str(target)] + common, capsys)
-    assert code == 1 and "result.jpg exists (from an earlier run?); --overwrite replaces it" in err
+    assert code == 1 and "result.jpg exists; --overwrite replaces it" in err
     assert run(["colorize", str(photo), "-o", str(target), "--overwrite"] + common, capsys)[0] == 0
     code, _, err = run(["colorize", str(photo), str(photo_file(tmp_path / "q.jpg", rng)), "-o",
                         str(tmp_path / "two.png")] + common, capsys)
