@@ -42,7 +42,7 @@ def busy_cpu_note(device):
 
     NumPy's OpenBLAS splits each matrix product over all cores, and its threads spin while they
     wait for each other; when another process holds a core, every product waits for the thread
-    that is not running. One thread was 3 to 5 times faster on a busy 2-core machine
+    that is not running. One thread was 3 to 7 times faster on a busy 2-core machine
     (docs/benchmarks.md, *Threads on a busy machine*)."""
     from .backend import cpu_count
 
