@@ -17,6 +17,13 @@ import numpy as np  # noqa: E402
 from .nn import Conv2d, ReLU  # noqa: E402
 
 
+def network_size(width, height, longer=224):
+    """(width, height) for a photo scaled so its longer side is ``longer``, the other side
+    keeping the aspect ratio, both rounded to a multiple of 8 (at least 8) as the network needs."""
+    scale = longer / max(width, height)
+    return tuple(max(8, int(round(side * scale / 8)) * 8) for side in (width, height))
+
+
 def record_activations(model, l):
     """Run L (H, W) in 0..100 through the model in eval mode; returns
     [(group index, layer name, activation (C, h, w) host array)] for every conv + ReLU."""

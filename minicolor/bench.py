@@ -318,7 +318,8 @@ def format_layer(row):
         if f"{impl}_s" in row:
             t = row[f"{impl}_s"]
             parts.append(f"{impl} {t * 1e3:8.2f} ms {row['flops'] / t / 1e12:6.2f} TFLOP/s")
-    parts.append(f"ratio {_ratio(row)}")
+    if "torch_s" in row:
+        parts.append(f"ratio {_ratio(row)}")
     return " | ".join(parts)
 
 

@@ -1,10 +1,13 @@
 """The ``minicolor`` command: overfit, train, colorize, and the tools to look inside.
 
 Each subcommand is a thin layer over a library function; ``minicolor CMD --help`` explains
-every option.
+every option. Every command that runs the network takes ``--device`` with the same default,
+auto: the GPU when CuPy finds one, else the CPU. An error is one line on stderr (exit code 1).
 """
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -22,40 +25,92 @@ def _positive(text):
     return value
 
 
+def resolve_device(name):
+    """'auto' -> 'cuda' or 'cpu'; any other device is checked now, before data is read."""
+    from .backend import auto_device, check_device
+
+    return auto_device() if name == "auto" else check_device(name)
+
+
+def shown(path):
+    """A path as text that any terminal can print (undecodable bytes of odd names escaped)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def busy_cpu_note(device):
+    """A line of advice when training on CPU cores that other processes keep busy, else None.
+
+    NumPy's OpenBLAS splits each matrix product over all cores, and its threads spin while they
+    wait for each other; when another process holds a core, every product waits for the thread
+    that is not running. One thread was 3 to 7 times faster on a busy 2-core machine
+    (docs/benchmarks.md, *Threads on a busy machine*)."""
+    from .backend import cpu_count
+
+    cores = cpu_count()
+    if device != "cpu" or cores < 2 or os.environ.get("OPENBLAS_NUM_THREADS") == "1":
+        return None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load < cores:
+        return None
+    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores); training may run several "
+            "times faster with OPENBLAS_NUM_THREADS=1 set before the command")
+
+
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def cmd_overfit(args):
     from .overfit import format_table, overfit
 
+    device = resolve_device(args.device)
+    if busy_cpu_note(device):
+        print(busy_cpu_note(device), file=sys.stderr)
     summary = overfit(args.image, steps=args.steps, width=args.width, size=args.size, lr=args.lr,
-                      device=args.device, seed=args.seed, out_dir=args.out,
+                      device=device, seed=args.seed, out_dir=args.out,
                       progress=not args.quiet)
     print(format_table(summary))
     print("pictures:", ", ".join(summary["grids"] + [summary["loss_curve"]]))
 
 
 def cmd_train(args):
+    from .colorize import check_writable
     from .data import ImageFolder, KaggleColorization, split
     from .models import ColorizationNet
-    from .train import Trainer, fit_class_weights, save_weights
+    from .train import Trainer, fit_class_weights, read_npz, save_weights
 
+    device = resolve_device(args.device)  # before minutes of decoding photos
+    check_writable(args.out)
+    resume_config = read_npz(args.resume)[1] if args.resume else None
     if args.format == "kaggle":
         dataset = KaggleColorization(args.data, limit=args.limit, flip=True)
     else:
         dataset = ImageFolder(args.data, size=args.size, resize=args.resize, on_error=args.on_error,
-                              zoom=(1.0, args.zoom))
+                              zoom=(1.0, args.zoom), progress=not args.quiet)
     train_set, val_set = split(dataset, args.val_fraction, seed=args.seed)
-    print(f"{len(train_set)} training images, {len(val_set)} held out for validation")
+    print(f"{_plural(len(train_set), 'training image')}, {len(val_set)} held out for validation")
     model = ColorizationNet(args.width, seed=args.seed, head=args.head)
     if args.head == "classification" and not args.resume:
         fit_class_weights(model, train_set, seed=args.seed)
     trainer = Trainer(model, train_set, val_set, lr=args.lr,
-                      batch_size=args.batch_size, device=args.device, seed=args.seed,
+                      batch_size=args.batch_size, device=device, seed=args.seed,
                       out_dir=args.out, log_every=args.log_every, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
                       progress=not args.quiet)
-    if args.resume:
+    if resume_config is not None and "trainer" not in resume_config:
+        trainer.load_weights(args.resume)
+        print(f"{args.resume} holds weights only (no optimizer state, no step): training starts "
+              "from these weights at step 0 with a fresh optimizer")
+    elif resume_config is not None:
         trainer.load_checkpoint(args.resume)
         print(f"resumed from {args.resume} at step {trainer.step}")
-    trainer.fit(args.steps)
+    if trainer.step >= args.steps:
+        print(f"the checkpoint is already at step {trainer.step}, at or past --steps {args.steps}: "
+              f"nothing to train (--steps counts from the start of the run; give more to go on)")
+    else:
+        if busy_cpu_note(device):
+            print(busy_cpu_note(device), file=sys.stderr)
+        trainer.fit(args.steps)
     trainer.save_checkpoint()
     weights = save_weights(Path(args.out) / "weights.npz", trainer.model)
     print(f"done: step {trainer.step}; checkpoint {trainer.checkpoint_path}, weights {weights}")
@@ -73,11 +128,32 @@ def load_model_or_shipped(weights, device):
 
 
 def cmd_colorize(args):
-    from .colorize import colorize_file
+    from .colorize import OutputError, check_writable, colorize_rgb, expand_inputs, output_paths, save_rgb
+    from .images import DataError, load_rgb
 
-    model = load_model_or_shipped(args.weights, args.device)
-    for image in args.images:
-        print(colorize_file(model, image, args.out, size=args.size))
+    device = resolve_device(args.device)
+    photos = expand_inputs(args.images)
+    if not photos:
+        raise DataError(f"no photos found in {', '.join(args.images)}")
+    targets = output_paths([stem for _, stem in photos], args.out, overwrite=args.overwrite)
+    check_writable(targets[0].parent if targets[0] == Path(args.out) else args.out)
+    model = load_model_or_shipped(args.weights, device)
+    failed = 0
+    for (photo, _), target in zip(photos, targets):
+        try:
+            result = colorize_rgb(model, load_rgb(photo), args.size)  # the photo is freed here
+            print(f"{shown(photo)} -> {shown(save_rgb(result, target))}")
+            del result
+        except (DataError, OutputError) as exc:
+            failed += 1
+            print(f"minicolor colorize: error: {shown(exc)}", file=sys.stderr)
+        except MemoryError:
+            failed += 1
+            print(f"minicolor colorize: error: not enough memory for {shown(photo)}", file=sys.stderr)
+    if failed:
+        print(f"minicolor colorize: {failed} of {_plural(len(photos), 'photo')} failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_bench(args):
@@ -85,6 +161,9 @@ def cmd_bench(args):
     from .backend import auto_device
 
     device = auto_device() if args.device == "auto" else args.device
+    if not args.no_torch and not bench.torch_available():
+        print("PyTorch is not installed, so only minicolor is timed: no torch or ratio columns "
+              "(pip install torch to compare)")
     gpu = device == "cuda"
     results = bench.run(
         device=device,
@@ -104,9 +183,11 @@ def cmd_evaluate(args):
     from .data import load_rgb
     from .evaluate import evaluate, format_table, standard_images
 
-    model = load_model_or_shipped(args.weights, args.device)
+    model = load_model_or_shipped(args.weights, resolve_device(args.device))
     images = standard_images() if args.standard else {}
-    images.update({Path(p).stem: load_rgb(p) for p in args.images})
+    for path in args.images:  # named by file name; by path where two names are alike
+        name = Path(path).stem if Path(path).stem not in images else shown(path)
+        images[name] = load_rgb(path)
     if not images:
         raise ValueError("give photos to evaluate, or --standard for the eight standard ones")
     results = evaluate(model, images, size=args.size)
@@ -116,12 +197,13 @@ def cmd_evaluate(args):
 
 
 def cmd_activations(args):
-    from .activations import save_activation_grid
+    from .activations import network_size, save_activation_grid
     from .color import rgb_to_lab
     from .data import load_rgb, resize_rgb
 
-    model = load_model_or_shipped(args.weights, args.device)
-    rgb = resize_rgb(load_rgb(args.image), args.size, args.size)
+    model = load_model_or_shipped(args.weights, resolve_device(args.device))
+    rgb = load_rgb(args.image)
+    rgb = resize_rgb(rgb, *network_size(rgb.shape[1], rgb.shape[0], args.size))
     l = rgb_to_lab(rgb.astype("float64") / 255.0)[..., 0]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     chosen = save_activation_grid(args.output, model, l, seed=args.seed)
@@ -149,11 +231,11 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def device_option(p, default="auto"):
-        p.add_argument("--device", default=default, choices=["auto", "cpu", "cuda", "sim"],
-                       help=f"where to run: auto (cuda when a GPU is usable, else cpu), cpu, "
-                            f"cuda, or sim (CUDA kernels in Numba's simulator; tiny inputs "
-                            f"only) (default {default})")
+    def device_option(p):
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "sim"],
+                       help="where to run: auto (cuda when a GPU is usable, else cpu), cpu, "
+                            "cuda, or sim (CUDA kernels in Numba's simulator; tiny inputs "
+                            "only) (default auto)")
 
     p = sub.add_parser("overfit", help="the report's experiment: overfit one photo",
                        description="Train ColorizationNet on one photo (the report's experiment) "
@@ -166,7 +248,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default 0)")
     p.add_argument("--out", default="runs/overfit", help="folder for pictures (default runs/overfit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    device_option(p, "cpu")
+    device_option(p)
     p.set_defaults(run=cmd_overfit)
 
     p = sub.add_parser("train", help="train on a data set",
@@ -199,7 +281,10 @@ def build_parser():
                         "naming it (default raise)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, split and batch order")
     p.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
-    p.add_argument("--resume", default=None, help="a checkpoint.npz to continue from")
+    p.add_argument("--resume", default=None,
+                   help="a checkpoint.npz to continue from exactly (same --seed, --batch-size; "
+                        "--steps counts from the start); a weights.npz starts from its weights "
+                        "at step 0 with a fresh optimizer")
     p.add_argument("--log-every", type=_positive, default=10, help="log every N steps (default 10)")
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
     p.add_argument("--checkpoint-every", type=int, default=500,
@@ -212,13 +297,23 @@ def build_parser():
 
     p = sub.add_parser("colorize", help="colorize photos",
                        description="Colorize photos at their own size; writes NAME_color.png "
-                                   "for each into -o.")
-    p.add_argument("images", nargs="+", help="photos to colorize (color ones are made gray first)")
-    p.add_argument("-o", "--out", default="colorized", help="output folder (default colorized)")
+                                   "for each into the -o folder (a photo in a subfolder of a "
+                                   "folder argument: into the same subfolder of -o). No result "
+                                   "replaces another of the same run or a file already there: "
+                                   "it takes the next free name, NAME_color-2.png, ... unless "
+                                   "--overwrite. An unreadable photo is reported on one line and "
+                                   "skipped; the exit code is 1 if any failed.")
+    p.add_argument("images", nargs="+",
+                   help="photos, or folders of photos (color ones are made gray first)")
+    p.add_argument("-o", "--out", default="colorized",
+                   help="output folder (default colorized), or for one photo a file name "
+                        "ending in .png or .jpg")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results left by an earlier run instead of numbering new ones")
     p.add_argument("--weights", default=None,
                    help="a weights.npz or checkpoint.npz (default: the weights shipped with minicolor)")
     p.add_argument("--size", type=_size, default=224, help="size the network runs at (default 224)")
-    device_option(p, "cpu")
+    device_option(p)
     p.set_defaults(run=cmd_colorize)
 
     p = sub.add_parser("activations", help="draw one kernel's activation per conv layer",
@@ -231,8 +326,10 @@ def build_parser():
     p.add_argument("-o", "--output", default="activations.png",
                    help="the PNG to write (default activations.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kernel choice (default 0)")
-    p.add_argument("--size", type=_size, default=224, help="size the photo is resized to (default 224)")
-    device_option(p, "cpu")
+    p.add_argument("--size", type=_size, default=224,
+                   help="the photo's longer side is resized to this, the other keeps the aspect "
+                        "ratio (to a multiple of 8) (default 224)")
+    device_option(p)
     p.set_defaults(run=cmd_activations)
 
     p = sub.add_parser("summary", help="per-layer output shapes, parameters and FLOPs",
@@ -256,7 +353,7 @@ def build_parser():
                    help="a weights.npz or checkpoint.npz (default: the weights shipped with minicolor)")
     p.add_argument("--size", type=_size, default=224, help="size the network runs at (default 224)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    device_option(p, "cpu")
+    device_option(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("bench", help="time training steps and conv layers (beside PyTorch)",
@@ -279,7 +376,7 @@ def build_parser():
                    help="timed runs; the median is reported (default 5)")
     p.add_argument("--no-torch", action="store_true", help="do not time PyTorch even if installed")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    device_option(p, "cpu")
+    device_option(p)
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("kernels", help="registers, occupancy and loop instruction mix of each CUDA kernel",
@@ -296,14 +393,22 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"minicolor {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+    def one_line(message, category, *rest, **kwargs):
+        print(f"minicolor {args.command}: warning: {shown(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        try:
+            return args.run(args) or 0
+        except KeyboardInterrupt:
+            return 130
+        except (ValueError, OSError, RuntimeError) as exc:
+            print(f"minicolor {args.command}: error: {shown(exc)}", file=sys.stderr)
+            return 1
+        except MemoryError:
+            print(f"minicolor {args.command}: error: out of memory", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -5,37 +5,30 @@ Every data set answers ``len(ds)`` and ``ds.batch(indices, rng)``, which returns
 ``rng`` drives augmentation (random crops, flips); pass None for the plain images.
 
     KaggleColorization   the Kaggle "image-colorization" .npy files, memory-mapped
-    ImageFolder          JPEG/PNG photos of any size, decoded once, cropped per batch
+    ImageFolder          photos of any size and mode, decoded once, cropped per batch
     Subset               some indices of another data set (a held-out split)
+
+Each also answers ``ds.identity()``: a short dict that tells one data set from another
+(the trainer stores it in checkpoints and warns when a resume uses different data).
 """
+import hashlib
+import json
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from tqdm.auto import tqdm
 
 from .color import rgb_to_lab
+from .images import IMAGE_SUFFIXES, DataError, is_image_name, load_rgb  # noqa: F401 (re-exported)
 
 
-class DataError(ValueError):
-    """A data file is missing, unreadable, or not what it should be."""
+def _digest(value):
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
 
 
 # --- images ----------------------------------------------------------------------------------
-def load_rgb(path):
-    """Any image file -> RGB uint8 (H, W, 3). Grayscale is repeated, alpha composited on white."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-
-
 def resize_rgb(rgb, width, height):
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
 
@@ -84,6 +77,11 @@ class KaggleColorization:
                             f"{counts} = {self.offsets[-1]}; they must pair one to one")
         self.n = n if limit is None else min(n, int(limit))
 
+    def identity(self):
+        """The array shapes and the limit: what tells one Kaggle-layout set from another."""
+        shapes = [list(self.l.shape)] + [list(p.shape) for p in self.ab_parts]
+        return {"kind": "kaggle", "images": self.n, "hash": _digest([shapes, self.n])}
+
     @staticmethod
     def _find(root, name):
         matches = sorted(root.rglob(name))
@@ -122,11 +120,13 @@ class KaggleColorization:
 
 
 # --- folders of photos ---------------------------------------------------------------------------
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
 class ImageFolder:
-    """JPEG/PNG photos under ``root`` (or a list of files), as size x size (L, ab) pairs.
+    """Photos under ``root`` (or a list of files), as size x size (L, ab) pairs.
+
+    Files with a suffix in ``images.IMAGE_SUFFIXES`` (.jpg, .jpeg, .png, .webp, .bmp, .tif,
+    .tiff, any case) are found in every subfolder; hidden files (names starting with a dot,
+    such as macOS's ``._photo.jpg``) are passed over. Any mode is read (``images.load_rgb``:
+    16-bit, alpha, CMYK, EXIF orientation).
 
     Each photo is decoded once and resized so its shorter side is ``resize`` (default
     ``size``). With an ``rng`` a batch takes a random size x size crop of each (at several
@@ -134,11 +134,12 @@ class ImageFolder:
     without one, the center crop. ``fit="squash"`` instead resizes each whole photo to
     size x size, ignoring its aspect ratio (no crops). ``on_error`` says what to do with a
     file that cannot be read: "raise" (stop, naming it) or "skip" (warn, naming it, and keep
-    the list in ``skipped``). Photos are kept in memory as uint8.
+    the list in ``skipped``). Photos are kept in memory as uint8. ``progress`` shows a bar
+    while they are decoded.
     """
 
     def __init__(self, root, size=224, resize=None, on_error="raise", fit="crop", flip=True,
-                 zoom=(1.0, 1.0)):
+                 zoom=(1.0, 1.0), progress=False):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if fit not in ("crop", "squash"):
@@ -150,10 +151,13 @@ class ImageFolder:
         if self.resize < size:
             raise ValueError(f"resize ({self.resize}) must be at least size ({size})")
         paths = self._list(root)
+        self.root = Path(root) if isinstance(root, (str, Path)) and Path(root).is_dir() else None
         self.paths, self.images, self.skipped = [], [], []
-        for path in paths:
+        shorter = size if fit == "squash" else self.resize
+        for path in tqdm(paths, desc="reading photos", unit="photo", disable=not progress):
             try:
-                rgb = load_rgb(path)
+                # a JPEG is decoded at a reduced scale while that keeps twice the pixels needed
+                rgb = load_rgb(path, min_side=2 * shorter)
             except DataError as exc:
                 if on_error == "raise":
                     raise
@@ -166,7 +170,7 @@ class ImageFolder:
             else:
                 self.images.append(resize_shorter_side(rgb, self.resize))
         if not self.images:
-            raise DataError(f"no readable images (.jpg, .jpeg, .png) in {root}")
+            raise DataError(f"no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
 
     @staticmethod
     def _list(root):
@@ -177,7 +181,16 @@ class ImageFolder:
             return [root]
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist")
-        return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in root.rglob("*") if is_image_name(p) and p.is_file())
+
+    def identity(self):
+        """Names (relative to the folder) and byte sizes of the photos read: a copied or moved
+        folder keeps its identity, an added, removed or edited photo changes it."""
+        files = []
+        for path in map(Path, self.paths):
+            name = path.relative_to(self.root).as_posix() if self.root else path.name
+            files.append([name, path.stat().st_size if path.exists() else -1])
+        return {"kind": "folder", "images": len(files), "hash": _digest(files)}
 
     def __len__(self):
         return len(self.images)
@@ -221,6 +234,19 @@ class Subset:
 
     def batch(self, indices, rng=None):
         return self.dataset.batch(self.indices[np.asarray(indices)], rng)
+
+    def identity(self):
+        """The whole data set's identity and which of its images this subset holds."""
+        parent = data_identity(self.dataset)
+        if parent is None:
+            return None
+        return {**parent, "images": len(self), "hash": _digest([parent["hash"], self.indices.tolist()])}
+
+
+def data_identity(dataset):
+    """``dataset.identity()`` where the data set has one, else None."""
+    identity = getattr(dataset, "identity", None)
+    return identity() if callable(identity) else None
 
 
 # --- order ---------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ def standard_images():
         from sklearn.datasets import load_sample_image
     except ImportError as exc:
         raise RuntimeError("the standard images need scikit-image and scikit-learn: "
-                           "pip install scikit-image scikit-learn") from exc
+                           "pip install 'minicolor[eval]' (or pip install scikit-image scikit-learn)"
+                           ) from exc
     import matplotlib.cbook
 
     images = {name: getattr(skdata, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")}
@@ -69,13 +70,14 @@ def evaluate(model, images, size=224):
 
 
 def format_table(results):
-    header = (f"{'image':<14}{'AuC':>7}{'gray':>7}{'PSNR':>8}{'gray':>7}"
+    width = max([14] + [len(name) + 2 for name in results])  # long names keep the columns aligned
+    header = (f"{'image':<{width}}{'AuC':>7}{'gray':>7}{'PSNR':>8}{'gray':>7}"
               f"{'colorful':>10}{'gray':>6}{'truth':>7}")
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         if name == "mean":
             lines.append("-" * len(header))
-        lines.append(f"{name:<14}{r['auc']:>7.3f}{r['auc_gray']:>7.3f}{r['psnr']:>8.2f}"
+        lines.append(f"{name:<{width}}{r['auc']:>7.3f}{r['auc_gray']:>7.3f}{r['psnr']:>8.2f}"
                      f"{r['psnr_gray']:>7.2f}{r['colorfulness']:>10.1f}{r['colorfulness_gray']:>6.1f}"
                      f"{r['colorfulness_truth']:>7.1f}")
     return "\n".join(lines)

@@ -17,13 +17,15 @@ reported loss is the training loss times 110². That is the unit of the report's
 import json
 import os
 import time
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend, color, optim, viz
-from .data import batch_indices
+from .data import batch_indices, data_identity
 from .functional import mse_loss
 from .models import ColorizationNet
 from .tensor import Tensor, no_grad
@@ -225,20 +227,42 @@ class Trainer:
         arrays["config"] = np.asarray(json.dumps({
             "model": self.model.config(),
             "trainer": self.config, "history": self.history,
+            "data": data_identity(self.train_set),  # checked (a warning) on resume
         }))
         save_npz_atomic(path, arrays)
         return path
 
     def load_checkpoint(self, path):
-        """Restore a checkpoint written by save_checkpoint; training then goes on from its step."""
+        """Restore a checkpoint written by save_checkpoint; training then goes on from its step.
+
+        A weights file (no optimizer state, no step) is refused: ``load_weights`` starts from
+        one. Training on other data than the checkpoint's (``data.data_identity``) is allowed,
+        with a warning."""
         arrays, config = read_npz(path)
+        if "trainer" not in config:
+            raise ValueError(f"{path} is a weights file (no optimizer state, no step), not a "
+                             "checkpoint.npz; it cannot be resumed exactly")
+        _check_model(path, config, self.model)
         if config["trainer"]["seed"] != self.seed or config["trainer"]["batch_size"] != self.batch_size:
             raise ValueError(f"checkpoint {path} was trained with {config['trainer']}; this trainer "
                              f"has {self.config}: the batches would differ")
-        self.model.load_state_dict(_section(arrays, "model/"))
+        old, new = config.get("data"), data_identity(self.train_set)
+        if old and new and old["hash"] != new["hash"]:
+            warnings.warn(f"checkpoint {path} was trained on other data ({old['kind']}, "
+                          f"{old['images']} training images) than this run's ({new['kind']}, "
+                          f"{new['images']}); training goes on with this run's data", stacklevel=2)
+        _load_state(path, self.model, _section(arrays, "model/"))
         self.optimizer.load_state_dict(_section(arrays, "optim/"))
         self.step = int(arrays["step"])
         self.history = {k: [tuple(p) for p in v] for k, v in config["history"].items()}
+        return self
+
+    def load_weights(self, path):
+        """Start from the weights of a weights or checkpoint file, at step 0, with the optimizer
+        as it is (fresh, before training)."""
+        arrays, config = read_npz(path)
+        _check_model(path, config, self.model)
+        _load_state(path, self.model, _section(arrays, "model/"))
         return self
 
 
@@ -269,14 +293,45 @@ def read_npz(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint or weights file at {path}")
+    expected = "expected a checkpoint.npz or weights.npz written by minicolor"
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            raise ValueError(f"it holds one array of shape {loaded.shape} (a .npy file)")
+        with loaded as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not a minicolor checkpoint (.npz): {exc}") from exc
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a minicolor checkpoint: {expected} "
+                         f"({str(exc) or type(exc).__name__}; truncated or damaged?)") from exc
+    except Exception as exc:  # zlib.error and whatever else a damaged zip member raises
+        raise ValueError(f"{path} is not a minicolor checkpoint: {expected} "
+                         f"({type(exc).__name__}: {exc}; truncated or damaged?)") from exc
     if "config" not in arrays:
-        raise ValueError(f"{path} has no 'config' entry; it was not written by minicolor")
-    return arrays, json.loads(str(arrays["config"]))
+        raise ValueError(f"{path} has no 'config' entry; it was not written by minicolor ({expected})")
+    try:
+        config = json.loads(str(arrays["config"]))
+    except ValueError as exc:
+        raise ValueError(f"{path} has a damaged 'config' entry ({exc}); {expected}") from exc
+    if not isinstance(config, dict) or "model" not in config:
+        raise ValueError(f"{path} has no model description in its 'config'; {expected}")
+    return arrays, config
+
+
+def _check_model(path, config, model):
+    """Refuse, clearly, a file whose network differs from ``model`` in width or head."""
+    saved = {"width": config["model"].get("width"), "head": config["model"].get("head", "regression")}
+    own = {k: model.config()[k] for k in ("width", "head")}
+    if saved != own:
+        raise ValueError(f"{path} holds a network with width {saved['width']} and head "
+                         f"{saved['head']}; this one has width {own['width']} and head {own['head']} "
+                         f"(give --width {saved['width']} --head {saved['head']})")
+
+
+def _load_state(path, model, state):
+    try:
+        return model.load_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path} does not fit the network it describes: {exc}") from exc
 
 
 def _section(arrays, prefix):
@@ -286,9 +341,12 @@ def _section(arrays, prefix):
 def load_model(path, device="cpu"):
     """A ColorizationNet with the weights of a checkpoint or weights file."""
     arrays, config = read_npz(path)
-    model = ColorizationNet(**config["model"])
+    try:
+        model = ColorizationNet(**config["model"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} describes no ColorizationNet ({config['model']}): {exc}") from exc
     state = {k: v.astype(np.float32) for k, v in _section(arrays, "model/").items()}
-    return model.load_state_dict(state).to(device)
+    return _load_state(path, model, state).to(device)
 
 
 def save_weights(path, model, dtype=np.float32, extra=None):

@@ -139,3 +139,21 @@ def test_split_holds_out_whole_images():
     assert not set(train.indices) & set(val.indices)
     train2, val2 = split(ds, 0.25, seed=1)
     np.testing.assert_array_equal(val.indices, val2.indices)
+
+
+def test_identity_tells_data_sets_apart(tmp_path, rng):
+    import shutil
+
+    write_kaggle(tmp_path / "k")
+    assert KaggleColorization(tmp_path / "k").identity() == KaggleColorization(tmp_path / "k").identity()
+    assert KaggleColorization(tmp_path / "k", limit=4).identity()["hash"] != \
+        KaggleColorization(tmp_path / "k").identity()["hash"]
+    make_folder(tmp_path / "a", rng)
+    first = ImageFolder(tmp_path / "a", size=16).identity()
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    assert ImageFolder(tmp_path / "copy", size=16).identity() == first  # moved or copied: the same
+    Image.new("RGB", (20, 20)).save(tmp_path / "copy" / "more.png")
+    changed = ImageFolder(tmp_path / "copy", size=16).identity()
+    assert changed["hash"] != first["hash"] and changed["images"] == first["images"] + 1
+    train, val = split(ImageFolder(tmp_path / "a", size=16), 0.34, seed=0)
+    assert train.identity()["images"] == 2 and train.identity()["hash"] != val.identity()["hash"]
