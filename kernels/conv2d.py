@@ -252,6 +252,7 @@ def _gather_gemm(dtype, tiles):
                             value += bias[m]
                         out[spot + m * oh * ow] = value
 
+    gather_gemm.tiles = tiles  # for the kernel report (minicolor/kernel_report.py): BK, TM, TN
     return gather_gemm
 
 
@@ -363,6 +364,7 @@ def _weight_gemm(dtype, tiles):
                     if k < out_cols:
                         partial[(cuda.blockIdx.z * f_count + f) * out_cols + k] = acc[i * tn + j]
 
+    weight_gemm.tiles = tiles  # for the kernel report
     return weight_gemm
 
 

@@ -13,12 +13,18 @@ Three steps, each done by a tool that ships as a pip wheel (the ``kernels`` extr
    NumPy arrays while ``kernels.recording()`` is active, so ``kernels.launch`` records the kernel
    and its arguments instead of running it; the arguments are then typed as numba-cuda types the
    CuPy arrays of a real run (see ``argument_type``). A kernel defined in kernels/*.py that no
-   launcher call reached is an error: add a call for it to ``LAUNCHER_CALLS``.
+   launcher call reached is an error: add a call for it to ``LAUNCHER_CALLS``. Each kernel is
+   compiled with its own ``@cuda.jit`` options (``launch_bounds``, ``fastmath``): the launch
+   bounds set the register cap ptxas works to.
 2. **Assemble** each PTX for sm_90 with ``ptxas -v`` (``nvidia-cuda-nvcc`` wheel): registers per
    thread, spilled bytes, shared memory per block. From these and the block size of the launch,
    the theoretical occupancy on an H100 (``occupancy``).
 3. **Disassemble** the cubin with ``nvdisasm`` (``nvidia-cuda-nvdisasm`` wheel) and count the
-   instructions of the main loop of each conv kernel (``main_loop``).
+   instructions of the main loop of each conv kernel (``main_loop``). conv2d's factories build
+   one kernel per dtype and tile shape and set ``kernel.tiles`` = (BM, BN, BK, TM, TN, VEC):
+   the rows are named by tile (``conv2d.gather_gemm[128x128]``), and BK * TM * TN gives the
+   trip count of the inner loop. Last, ``target_checks`` says per conv pass whether the main
+   (128 x 128 float32) tiles meet the static targets of issue 10.
 
 Exit status 1 if a kernel does not compile, a kernel was never launched by the calls here, a
 tool is missing, or any kernel spills registers to local memory. Simulator mode is decided when
@@ -222,19 +228,24 @@ class MainLoop:
     reduction: Mix = None  # None: no loop with a barrier around the inner loop
     unrolled: bool = False  # the inner loop *is* the reduction loop (inner product unrolled)
     trip: int = None  # times the inner loop runs per pass of the reduction loop
+    steps: int = None  # steps of a slice (TM x TN multiply-adds each) per iteration of the inner loop
     one_pass: Mix = None  # the reduction loop with the inner loop counted ``trip`` times
     other_loops: int = 0  # further loops inside the reduction loop (counted once each)
 
 
-def main_loop(sass, fma_per_pass=None):
+def main_loop(sass, fma_per_pass=None, fma_per_step=None):
     """Find and count the main loop of a kernel, or None if no loop does multiply-adds.
 
     Inner loop: the loop with the most FMAs among those with no FMA-holding loop inside.
     Reduction loop: the innermost loop around it (or the inner loop itself) that holds a barrier:
     the loop over K slices, which loads tiles and syncs. If the inner loop holds the barrier,
     the inner product was fully unrolled and both are the same loop. ``fma_per_pass`` is the
-    multiply-adds one thread does per pass of the reduction loop (BK * TM * TN); the inner loop
-    then runs trip = (fma_per_pass - FMAs outside it) / FMAs in it times per pass.
+    multiply-adds one thread does per pass of the reduction loop: BK * TM * TN of the tile the
+    kernel was built with (``fma_per_pass(kernel.tiles)``). The inner loop then runs
+    trip = (fma_per_pass - FMAs outside it) / FMAs in it times per pass: the SASS says how far
+    the loop over the BK steps was unrolled (conv2d's 128 x 128 tile: 2 steps of 8 x 8 = 128 FMAs
+    per iteration, so 512 / 128 = 4 trips), the tile says how many multiply-adds there are.
+    With ``fma_per_step`` (TM * TN) the inner loop must also hold a whole number of steps.
     """
     code = max(parse_sass(sass), key=lambda c: sum(i.base in ("FFMA", "DFMA") for i in c), default=[])
     loops = find_loops(code)
@@ -259,8 +270,10 @@ def main_loop(sass, fma_per_pass=None):
     elif fma_per_pass:
         outside = result.reduction.fma - result.inner.fma
         trip = (fma_per_pass - outside) / result.inner.fma
-        if trip >= 1 and trip == int(trip):
+        whole_steps = not fma_per_step or result.inner.fma % fma_per_step == 0
+        if trip >= 1 and trip == int(trip) and whole_steps:
             result.trip = int(trip)
+            result.steps = result.inner.fma // fma_per_step if fma_per_step else None
             result.one_pass = Mix().add(result.reduction).add(result.inner, result.trip - 1)
     return result
 
@@ -307,17 +320,37 @@ def _zeros(shape, dtype):
     return np.zeros(shape, dtype)
 
 
+# Conv layers whose three passes reach every tile shape of kernels/conv2d.py (``_tiles``):
+# name: (x shape, w shape, stride, padding). The comments say which tile each pass gets.
+CONV_LAYERS = {
+    "big": ((2, 64, 9, 9), (64, 64, 3, 3), 2, 1),  # all three 128 x 128 (float64: 64 x 64);
+    # grad-input in 4 stride phases, grad-weight split in 3 along K (``splits=3``)
+    "first": ((2, 1, 9, 9), (16, 1, 3, 3), 1, 1),  # forward, grad-input 32 x 128; grad-weight
+    # (9 taps + bias = 10 columns) 32 x 32
+    "head": ((2, 64, 9, 9), (2, 64, 1, 1), 1, 0),  # forward, grad-weight 32 x 128 (2 filters)
+    "tiny": ((1, 8, 4, 4), (8, 8, 3, 3), 1, 1),  # forward, grad-input 32 x 32 (16 pixels)
+}
+CONV_PASSES = ("forward", "grad-input", "grad-weight")  # the first word of each conv call's label
+
+
 def _conv2d_calls(dtype):
     from minicolor.kernels import conv2d
 
+    calls = []
+    for layer, (x_shape, w_shape, stride, padding) in CONV_LAYERS.items():
+        x, w, b = _zeros(x_shape, dtype), _zeros(w_shape, dtype), _zeros(w_shape[0], dtype)
+        geometry = ((stride, stride), (padding, padding), (1, 1))
+        ho, wo = ((size + 2 * padding - k) // stride + 1 for size, k in zip(x_shape[2:], w_shape[2:]))
+        gy = _zeros((x_shape[0], w_shape[0], ho, wo), dtype)
+        splits = 3 if layer == "big" else None
+        calls += [(f"forward {layer}", lambda x=x, w=w, b=b, g=geometry: conv2d.forward(x, w, b, *g)),
+                  (f"grad-input {layer}",
+                   lambda gy=gy, w=w, s=x.shape, g=geometry: conv2d.backward_data(gy, w, s, *g)),
+                  (f"grad-weight {layer}" + (f" split-K {splits}" if splits else ""),
+                   lambda gy=gy, x=x, s=w.shape, g=geometry, k=splits:
+                   conv2d.backward_weight(gy, x, s, *g, splits=k))]
     x, w, b = _zeros((2, 3, 9, 8), dtype), _zeros((4, 3, 3, 3), dtype), _zeros(4, dtype)
-    gy = _zeros((2, 4, 5, 4), dtype)  # y of x and w at stride 2, padding 1
-    geometry = ((2, 2), (1, 1), (1, 1))
-    return [("forward", lambda: conv2d.forward(x, w, b, *geometry)),
-            ("backward_data", lambda: conv2d.backward_data(gy, w, x.shape, *geometry)),
-            ("backward_weight", lambda: conv2d.backward_weight(gy, x, w.shape, *geometry)),
-            ("backward_weight split-K", lambda: conv2d.backward_weight(gy, x, w.shape, *geometry, splits=3)),
-            ("naive", lambda: conv2d.forward_naive(x, w, b, *geometry))]
+    return calls + [("naive", lambda: conv2d.forward_naive(x, w, b, (2, 2), (1, 1), (1, 1)))]
 
 
 def _batchnorm_calls(dtype):
@@ -402,11 +435,12 @@ def argument_type(value):
 @dataclass
 class Compiled:
     """One kernel compiled for one signature."""
-    name: str  # e.g. conv2d._tiled_matmul[forward]
+    name: str  # e.g. conv2d.gather_gemm[128x128]
     dtype: str
     kernel: object = field(repr=False)
     argtypes: tuple = ()
     threads: int = 0
+    labels: list = field(default_factory=list)  # the launcher calls that launched it
     error: str = None
     ptx: str = None
     ptxas: dict = None
@@ -442,15 +476,23 @@ def record_launches(dtypes=DTYPES, calls=None):
                         found[key] = Compiled(_display_name(kernel, label), dtype, kernel, argtypes,
                                               _threads(block))
                         order.append(found[key])
+                    if label not in found[key].labels:
+                        found[key].labels.append(label)
     return order, errors
 
 
 def _display_name(kernel, label):
+    """module.kernel, and for a kernel made by a factory what tells its variants apart: the
+    tile shape it was built for (``kernel.tiles``, set by conv2d's factories), else the label of
+    the launcher call that first launched it."""
     module = kernel.py_func.__module__.rsplit(".", 1)[-1]
     qualname = kernel.py_func.__qualname__
-    if ".<locals>." in qualname:  # a kernel made by a factory: name the launch that made it
-        return f"{module}.{qualname.split('.<locals>.')[0]}[{label}]"
-    return f"{module}.{qualname}"
+    if ".<locals>." not in qualname:
+        return f"{module}.{qualname}"
+    tiles = getattr(kernel, "tiles", None)
+    if tiles:
+        return f"{module}.{kernel.py_func.__name__}[{tiles[0]}x{tiles[1]}]"
+    return f"{module}.{qualname.split('.<locals>.')[0]}[{label}]"
 
 
 def missing_kernels(defined, compiled):
@@ -487,10 +529,11 @@ class _h100_as_current_device:
 def compile_ptx(item):
     from numba import cuda
 
-    options = getattr(item.kernel, "targetoptions", {})
-    with _h100_as_current_device():
+    options = getattr(item.kernel, "targetoptions", {})  # the kernel's own @cuda.jit options
+    with _h100_as_current_device():  # launch bounds decide the register cap ptxas works to
         ptx, _ = cuda.compile_ptx(item.kernel.py_func, item.argtypes, cc=CC,
-                                  fastmath=bool(options.get("fastmath", False)))
+                                  fastmath=bool(options.get("fastmath", False)),
+                                  launch_bounds=options.get("launch_bounds"))
     return ptx
 
 
@@ -543,14 +586,19 @@ def build(items, folder, ptxas, nvdisasm):
         item.sass = done.stdout
         Path(f"{stem}.sass").write_text(item.sass)
         if item.name.split(".")[0] in MAIN_LOOP_MODULES:
-            item.loop = main_loop(item.sass, _fma_per_pass(item.kernel))
+            tiles = getattr(item.kernel, "tiles", None)
+            item.loop = main_loop(item.sass, fma_per_pass(tiles), fma_per_step(tiles))
 
 
-def _fma_per_pass(kernel):
-    """BK * TM * TN of the kernel's module (multiply-adds per thread per K slice), else None."""
-    module = sys.modules.get(kernel.py_func.__module__)
-    values = [getattr(module, name, None) for name in ("BK", "TM", "TN")]
-    return math.prod(values) if all(isinstance(v, int) for v in values) else None
+def fma_per_pass(tiles):
+    """Multiply-adds one thread does per pass of the reduction loop (one K slice): BK * TM * TN
+    of the tile shape (BM, BN, BK, TM, TN, VEC) the kernel was built with; None without one."""
+    return tiles[2] * fma_per_step(tiles) if tiles else None
+
+
+def fma_per_step(tiles):
+    """Multiply-adds one thread does per step of a slice: TM * TN; None without a tile shape."""
+    return tiles[3] * tiles[4] if tiles else None
 
 
 # --- the tables -----------------------------------------------------------------------------------------
@@ -569,10 +617,16 @@ def resource_table(items, gpu=H100):
         p = item.ptxas
         blocks, occ, binding = occupancy(p["regs"], p["smem"], item.threads, gpu)
         spill = f"{p['spill_stores']}/{p['spill_loads']}"
-        rows.append([item.name, item.dtype, item.threads, p["regs"], spill, p["smem"], blocks,
+        rows.append([item.name, item.dtype, item.threads, p["regs"], spill, p["stack"], p["smem"], blocks,
                      f"{100 * occ:.0f}%", ", ".join(binding)])
-    header = ["kernel", "dtype", "threads", "regs", "spill", "smem", "blocks", "occupancy", "limited by"]
+    header = ["kernel", "dtype", "threads", "regs", "spill", "stack", "smem", "blocks", "occupancy",
+              "limited by"]
     return _table(header, rows)
+
+
+def _passes(item):
+    """The conv passes (first words of the launcher labels) that launched ``item``, in order."""
+    return list(dict.fromkeys(label.split()[0] for label in item.labels))
 
 
 def loop_report(items):
@@ -582,27 +636,77 @@ def loop_report(items):
         loop = item.loop
         if loop is None:
             continue
+        tiles = getattr(item.kernel, "tiles", None)
         if loop.reduction is None:
             how = "no barrier around the inner loop: no reduction loop"
         elif loop.unrolled:
             how = "inner product unrolled: the inner loop is the reduction loop"
+            how += f" (all {tiles[2]} steps of a slice)" if tiles else ""
+        elif loop.trip and loop.steps:
+            how = f"inner loop x{loop.trip} per pass ({loop.steps} of the {tiles[2]} steps of a slice each)"
         elif loop.trip:
             how = f"inner loop x{loop.trip} per pass"
         else:
             how = "trip count unknown (BK * TM * TN does not fit this loop nest)"
         if loop.reduction is not None and loop.other_loops:
             how += f"; {loop.other_loops} other loop(s) counted once"
+        title = f"{item.name} {item.dtype}"
+        if tiles:
+            title += f", {tiles[3]}x{tiles[4]} per thread"
+        if item.labels:
+            title += ", launched by " + ", ".join(_passes(item))
         rows = [["inner", *_mix_row(loop.inner)]]
         if loop.one_pass:
             rows.append(["pass", *_mix_row(loop.one_pass)])
-        table = _table(["", "instr", "FMA", "FMA%", "LDS", "LDG", "IMAD", "div"], rows)
-        blocks.append(f"{item.name} ({item.dtype}): {how}\n" + "\n".join("  " + line for line in
-                                                                       table.splitlines()))
+        table = _table(["", "instr", "FMA", "FMA%", "instr/FMA", "LDS", "LDG", "IMAD", "div"], rows)
+        blocks.append(f"{title}\n  {how}\n" + "\n".join("  " + line for line in table.splitlines()))
     return "\n\n".join(blocks)
 
 
 def _mix_row(mix):
-    return [mix.instructions, mix.fma, f"{mix.fma_percent:.0f}%", mix.lds, mix.ldg, mix.imad, mix.div]
+    per_fma = f"{mix.instructions / mix.fma:.2f}" if mix.fma else "-"
+    return [mix.instructions, mix.fma, f"{mix.fma_percent:.1f}%", per_fma, mix.lds, mix.ldg, mix.imad,
+            mix.div]
+
+
+# The static targets of issue 10 for the conv kernels' main tiles (float32, 128 x 128):
+# at least this share of FMA in the inner loop and in one pass of the reduction loop.
+TARGETS = {"inner": 60.0, "pass": 50.0}
+TARGET_DTYPE = "float32"
+
+
+def _main_tiles():
+    from minicolor.kernels import conv2d
+
+    return conv2d.WIDE
+
+
+def target_checks(items, main_tiles=None):
+    """One line per conv pass: do the main tiles of that pass meet TARGETS? (text lines)"""
+    main_tiles = main_tiles or _main_tiles()
+    name = f"{main_tiles[0]}x{main_tiles[1]}"
+    inner, one = TARGETS["inner"], TARGETS["pass"]
+    lines = [f"Static targets of the conv passes on their main tiles ({name}, {TARGET_DTYPE}):\n"
+             f"FMA share of the inner loop >= {inner:.0f}%, of one pass >= {one:.0f}%, no spills"]
+    for conv_pass in CONV_PASSES:
+        found = [item for item in items if item.dtype == TARGET_DTYPE and conv_pass in _passes(item)
+                 and getattr(item.kernel, "tiles", None) == main_tiles]
+        if not found:
+            lines.append(f"  {conv_pass}: not checked (no {name} {TARGET_DTYPE} launch compiled)")
+        for item in found:
+            lines.append(f"  {conv_pass:<11}  {item.name}: " + _target_verdict(item))
+    return lines
+
+
+def _target_verdict(item):
+    loop = item.loop
+    if item.error or loop is None or loop.one_pass is None:
+        return "NOT MET (no main loop figures: " + (item.error or "see the block above") + ")"
+    inner, one = loop.inner.fma_percent, loop.one_pass.fma_percent
+    spills = item.ptxas["spill_stores"] + item.ptxas["spill_loads"]
+    met = inner >= TARGETS["inner"] and one >= TARGETS["pass"] and not spills
+    return (f"inner {inner:.1f}%, pass {one:.1f}%, spills {spills} bytes: "
+            + ("met" if met else "NOT MET"))
 
 
 def report(dtypes=DTYPES, out=None, calls=None):
@@ -631,12 +735,14 @@ def report(dtypes=DTYPES, out=None, calls=None):
     text = "\n\n".join([
         f"{len(items)} kernel x dtype pairs compiled for {ARCH}, occupancy on an {H100.name}\n"
         f"tools: {versions}\n"
-        "regs per thread, spill bytes stored/loaded, smem bytes per block, blocks per SM",
+        "regs per thread, spill bytes stored/loaded, stack frame bytes per thread (local memory),\n"
+        "smem bytes per block, blocks per SM",
         resource_table(items),
         "Main loops of the conv kernels, static SASS counts: inner = the innermost loop holding the\n"
         "multiply-adds, pass = one pass of the reduction loop around it (the inner loop counted as\n"
         "often as it runs)",
-        loop_report(items)])
+        loop_report(items),
+        "\n".join(target_checks(items))])
     return text, problems
 
 

@@ -7,6 +7,8 @@ kernels in the simulator); it needs the ``kernels`` extra and is skipped only wh
 wheel or numba-cuda is not installed. CI installs them, so CI runs it.
 """
 import importlib.metadata
+import re
+import types
 
 import pytest
 
@@ -55,6 +57,83 @@ def test_tiled_loop_counts_the_inner_loop_trip_times():
     one = loop.one_pass
     assert (one.instructions, one.fma, one.lds) == (21 + 7 * 9, 32, 2 + 7 * 2)
     assert round(one.fma_percent) == 38
+
+
+# conv2d's inner loop: two steps of a slice per iteration, each TM x TN (here 2 x 2) multiply-adds
+TWO_STEPS = [".L_x_1:", "LDS.64 R12, [R10]", "LDS.64 R16, [R10+0x100]"] + [
+    f"FFMA R{20 + i}, R{12 + i // 2}, R{16 + i % 2}, R{20 + i}" for i in range(4)] + [
+    "LDS.64 R12, [R10+0x110]", "LDS.64 R16, [R10+0x210]"] + [
+    f"FFMA R{20 + i}, R{12 + i // 2}, R{16 + i % 2}, R{20 + i}" for i in range(4)] + [
+    "IADD3 R10, R10, 0x220, RZ", "ISETP.NE.AND P0, PT, R10, R9, PT", "@P0 BRA `(.L_x_1)"]
+TWO_STEP_LOOP = numbered(PROLOGUE + [
+    ".L_x_2:", "LDG.E R4, desc[UR4][R6.64]", "STS [R8], R4", "IMAD.MOV.U32 R10, RZ, RZ, R11"] + TWO_STEPS + [
+    "BAR.SYNC.DEFER_BLOCKING 0x0", "IADD3 R2, R2, 0x1, RZ", "ISETP.GE.AND P1, PT, R2, R3, PT",
+    "@!P1 BRA `(.L_x_2)", "EXIT"])
+
+
+class Kernel:
+    """Stands for a numba dispatcher: ``py_func``, and ``tiles`` when a conv2d factory made it."""
+
+    def __init__(self, qualname, tiles=None, module="minicolor.kernels.conv2d"):
+        self.py_func = types.SimpleNamespace(__module__=module, __qualname__=qualname,
+                                             __name__=qualname.split(".")[-1])
+        if tiles:
+            self.tiles = tiles
+
+
+def test_trip_count_comes_from_the_tile_the_kernel_was_built_with():
+    tiles = (32, 32, 8, 2, 2, 2)  # (BM, BN, BK, TM, TN, VEC): 8 steps of 2 x 2 per slice
+    assert kr.fma_per_pass(tiles) == 32 and kr.fma_per_pass(None) is None
+    assert (kr.fma_per_pass(tiles), kr.fma_per_step(tiles)) == (32, 4) and kr.fma_per_pass(None) is None
+    loop = kr.main_loop(TWO_STEP_LOOP, kr.fma_per_pass(tiles), kr.fma_per_step(tiles))
+    assert (loop.inner.instructions, loop.inner.fma, loop.inner.lds) == (15, 8, 4)
+    assert (loop.trip, loop.steps) == (4, 2)  # 8 steps, 2 per iteration
+    assert not loop.unrolled and loop.other_loops == 0
+    assert (loop.one_pass.instructions, loop.one_pass.fma) == (22 + 3 * 15, 32)
+    # a tile with BK = 16 runs the same loop twice as often
+    bk16 = (32, 32, 16, 2, 2, 2)
+    assert kr.main_loop(TWO_STEP_LOOP, kr.fma_per_pass(bk16), kr.fma_per_step(bk16)).trip == 8
+    # 3 x 2 per step: 48 FMAs per pass are 6 trips of 8, but 8 FMAs are not whole steps of 6
+    odd = (32, 32, 8, 3, 2, 2)
+    assert kr.main_loop(TWO_STEP_LOOP, kr.fma_per_pass(odd)).trip == 6
+    assert kr.main_loop(TWO_STEP_LOOP, kr.fma_per_pass(odd), kr.fma_per_step(odd)).trip is None
+    item = kr.Compiled("conv2d.gather_gemm[32x32]", "float32", Kernel("f.<locals>.gather_gemm", tiles),
+                       labels=["forward small", "grad-input small"], loop=loop)
+    text = kr.loop_report([item])
+    assert "2x2 per thread, launched by forward, grad-input" in text
+    assert "inner loop x4 per pass (2 of the 8 steps of a slice each)" in text
+    assert "inner     15    8  53.3%       1.88" in text
+
+
+def test_factory_kernels_are_named_by_their_tile():
+    tiles = (128, 128, 8, 8, 8, 4)
+    assert kr._display_name(Kernel("_gather_gemm.<locals>.gather_gemm", tiles), "forward") == \
+        "conv2d.gather_gemm[128x128]"
+    assert kr._display_name(Kernel("_make.<locals>.kernel"), "update") == "conv2d._make[update]"
+    assert kr._display_name(Kernel("conv2d_naive"), "naive") == "conv2d.conv2d_naive"
+
+
+def test_target_checks_one_line_per_conv_pass():
+    main, thin = (128, 128, 8, 8, 8, 4), (32, 128, 8, 4, 4, 4)
+    no_spill = {"spill_stores": 0, "spill_loads": 0}
+
+    def item(name, tiles, labels, inner, one, dtype="float32"):
+        loop = kr.MainLoop(inner=kr.Mix(instructions=100, fma=inner),
+                           one_pass=kr.Mix(instructions=100, fma=one))
+        return kr.Compiled(name, dtype, Kernel("f.<locals>.k", tiles), labels=labels, ptxas=no_spill,
+                           loop=loop)
+
+    items = [item("gather[128x128]", main, ["forward big", "grad-input big"], 88, 71),
+             item("gather[32x128]", thin, ["forward first"], 20, 10),  # not a main tile: not checked
+             item("gather[128x128]", main, ["grad-weight big"], 88, 71, "float64"),  # not float32
+             item("weight[128x128]", main, ["grad-weight big split-K 3"], 87, 49)]
+    lines = kr.target_checks(items, main)
+    assert len(lines) == 4 and "inner loop >= 60%, of one pass >= 50%" in lines[0]
+    assert lines[1].split() == ["forward", "gather[128x128]:", "inner", "88.0%,", "pass", "71.0%,",
+                                "spills", "0", "bytes:", "met"]
+    assert lines[2].startswith("  grad-input ") and lines[2].endswith(": met")
+    assert lines[3].startswith("  grad-weight  weight[128x128]:") and lines[3].endswith("NOT MET")
+    assert "grad-weight: not checked" in kr.target_checks(items[:3], main)[3]
 
 
 def test_trip_count_must_be_whole():
@@ -112,18 +191,13 @@ def test_every_kernel_in_the_sources_is_found(tmp_path):
         "def factory():\n    @cuda.jit(fastmath=True)\n    def kernel(x):\n        pass\n    return kernel\n")
     assert kr.defined_kernels(tmp_path) == {("op", "plain"), ("op", "factory.<locals>.kernel")}
     found = kr.defined_kernels()  # the real kernels/
-    assert {("conv2d", "_tiled_matmul.<locals>.kernel"), ("conv2d", "conv2d_naive"),
-            ("batchnorm", "_stats"), ("mse", "_forward"), ("upsample", "_backward")} <= found
+    assert {("conv2d", "_gather_gemm.<locals>.gather_gemm"), ("conv2d", "_weight_gemm.<locals>.weight_gemm"),
+            ("conv2d", "conv2d_naive"), ("batchnorm", "_stats"), ("mse", "_forward"),
+            ("upsample", "_backward")} <= found
 
 
 def test_an_unlaunched_kernel_is_reported():
-    class PyFunc:
-        __module__, __qualname__ = "minicolor.kernels.op", "plain"
-
-    class Kernel:
-        py_func = PyFunc
-
-    launched = [kr.Compiled("op.plain", "float32", Kernel)]
+    launched = [kr.Compiled("op.plain", "float32", Kernel("plain", module="minicolor.kernels.op"))]
     assert kr.missing_kernels({("op", "plain"), ("op", "other")}, launched) == ["op.other"]
 
 
@@ -151,10 +225,16 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
     done = kr.run_subprocess(["--out", str(tmp_path)], capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, f"the kernel report failed:\n{done.stdout}\n{done.stderr}"
     print(done.stdout)  # the report, for pytest -s and CI logs
-    for name in ("conv2d._tiled_matmul.forward", "conv2d._tiled_matmul.backward_data",
-                 "conv2d._tiled_matmul.backward_weight", "conv2d._bias_grad", "conv2d.conv2d_naive",
-                 "batchnorm._stats", "upsample._backward", "mse._forward"):
-        for dtype in ("float32", "float64"):
-            for suffix in (".ptx", ".cubin"):
-                assert (tmp_path / f"{name}.{dtype}{suffix}").stat().st_size > 0
-    assert "conv2d._tiled_matmul[forward]" in done.stdout and "limited by" in done.stdout
+    # every tile shape of both conv kernels (128 x 128 in float32, 64 x 64 in float64, 32 x 128, 32 x 32)
+    conv = [f"conv2d.{kernel}.{tile}.{dtype}" for kernel in ("gather_gemm", "weight_gemm")
+            for dtype, wide in (("float32", "128x128"), ("float64", "64x64"))
+            for tile in (wide, "32x128", "32x32")]
+    others = [f"{name}.{dtype}" for name in ("conv2d.conv2d_naive", "batchnorm._stats", "upsample._backward",
+                                             "mse._forward") for dtype in ("float32", "float64")]
+    for stem in conv + others:
+        for suffix in (".ptx", ".cubin"):
+            assert (tmp_path / f"{stem}{suffix}").stat().st_size > 0, stem
+    assert "conv2d.gather_gemm[128x128]  float32" in done.stdout and "limited by" in done.stdout
+    for conv_pass in ("forward", "grad-input", "grad-weight"):  # the target check lines are there
+        assert re.search(rf"^  {conv_pass} +conv2d\.\w+_gemm\[128x128\]: inner [\d.]+%, pass [\d.]+%",
+                         done.stdout, re.MULTILINE), conv_pass
