@@ -11,18 +11,25 @@ What it leaves in ``out_dir``:
     samples_XXXXXX.png   original | prediction grids, as in the report
     checkpoint.npz       written atomically; loaded with allow_pickle=False
 
+On ``cuda`` the step runs as a CUDA graph by default (``graph=None``; see graph.py): a few
+eager warm-up steps, then the whole step captured once and replayed, the batch copied into
+fixed input buffers. Its loss stays on the GPU and is read only at logged steps, so the
+history holds the logged steps only. ``graph=False`` trains eagerly; ``graph=True`` asks for
+it on any device (on cpu and sim a stand-in replays the Python step, to test the bookkeeping).
+
 Losses are always reported in raw Lab ab units: the model works on ab / 110, so the
 reported loss is the training loss times 110². That is the unit of the report's figures.
 """
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backend, color, optim, viz
+from . import backend, color, graph as step_graph, optim, viz
 from .data import batch_indices
 from .functional import mse_loss
 from .models import ColorizationNet
@@ -38,7 +45,8 @@ class TrainingDiverged(RuntimeError):
 class Trainer:
     def __init__(self, model, train_set, val_set=None, *, lr=1e-4, batch_size=1, optimizer="adam",
                  device="auto", seed=0, out_dir="runs/train", log_every=10, val_every=None,
-                 checkpoint_every=None, sample_every=None, n_samples=4, progress=True):
+                 checkpoint_every=None, sample_every=None, n_samples=4, progress=True,
+                 graph=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(train_set) == 0:
@@ -61,6 +69,11 @@ class Trainer:
         self.step = 0
         self.objective = None
         self.history = {"train": [], "val": []}  # lists of (step, loss in Lab units)
+        if graph not in (None, True, False):
+            raise ValueError(f"graph must be None (on cuda only), True or False, got {graph!r}")
+        self.graph = graph
+        self._graph = None  # the StepGraph, once a step has used it
+        self.graph_off = None  # why the graph is not used (a sentence), once that is known
 
     # --- one step ---------------------------------------------------------------------------
     def _tensors(self, l, ab):
@@ -69,10 +82,18 @@ class Trainer:
         return Tensor(x, device=self.device), Tensor(y, device=self.device)
 
     def train_step(self):
-        """Run step ``self.step + 1``; return its loss in Lab units (before the update)."""
+        """Run step ``self.step + 1``; return its loss in Lab units (before the update).
+
+        Through the CUDA graph the loss is a ``GraphLoss`` instead, read with ``read_loss``.
+        """
         indices = batch_indices(len(self.train_set), self.batch_size, self.step, self.seed)
         rng = np.random.default_rng([self.seed, self.step, 1])  # augmentation of this step
-        x, y = self._tensors(*self.train_set.batch(indices, rng))
+        l, ab = self.train_set.batch(indices, rng)
+        if self._graph_wanted():
+            loss = self._graph_train_step(l, ab)
+            if loss is not None:
+                return loss
+        x, y = self._tensors(l, ab)
         self.model.train()
         self.optimizer.zero_grad()
         loss, mse = self.model.loss(x, y)
@@ -87,6 +108,57 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.step += 1
+        return value
+
+    # --- the step as a CUDA graph (graph.py) -------------------------------------------------
+    def _graph_wanted(self):
+        if self.graph is False or self.graph_off is not None:
+            return False
+        if self.graph is None and self.device != "cuda":
+            self.graph_off = f"CUDA graphs need device 'cuda'; this trainer runs on {self.device}"
+            return False
+        return True
+
+    def _graph_train_step(self, l, ab):
+        """One step through the StepGraph; None where this step must run eagerly."""
+        x = np.ascontiguousarray(color.normalize_l(l)[:, None], np.float32)
+        y = np.ascontiguousarray(color.normalize_ab(ab), np.float32)
+        if self._graph is None:
+            xp = backend.get_array_module(self.model.parameters()[0].data)
+            step_graph.device_step_counter(self.optimizer, xp)
+            self._graph = step_graph.StepGraph(self._captured_step, step_graph.capture_for(self.device))
+        try:
+            outputs = self._graph(x, y)
+        except step_graph.ShapeChanged:
+            return None  # an odd batch: this step runs eagerly, the graph stays for the next
+        except step_graph.GraphUnavailable as exc:
+            self.graph_off = str(exc)
+            self._graph = None
+            warnings.warn(f"training eagerly: {exc}", RuntimeWarning, stacklevel=3)
+            return None
+        self.step += 1
+        return GraphLoss(self.step, outputs)
+
+    def _captured_step(self, x, y):
+        """The step the graph records: forward, loss, backward, update; no host reads."""
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss, mse = self.model.loss(Tensor(x, device=self.device), Tensor(y, device=self.device))
+        loss.backward()
+        self.optimizer.step()
+        return (mse.data,) if loss is mse else (mse.data, loss.data)
+
+    def read_loss(self, loss):
+        """A GraphLoss (device buffers) -> the loss in Lab units; sets ``objective``. Waits for
+        the GPU, so the loop calls it at logged steps only."""
+        values = self._graph.read(loss.outputs)
+        value = values[0] * LOSS_UNIT
+        self.objective = values[1] if len(values) > 1 else None
+        if not np.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss became {value} by step {loss.step} (read every {self.log_every} steps "
+                f"through the CUDA graph: the weights were updated until then); training "
+                f"stopped. The last good checkpoint (if any) is {self.checkpoint_path}")
         return value
 
     def validate(self, dataset=None):
@@ -113,11 +185,15 @@ class Trainer:
         try:
             while self.step < steps:
                 loss = self.train_step()
-                self.history["train"].append((self.step, loss))
+                logged = self.step % self.log_every == 0 or self.step == steps
+                if isinstance(loss, GraphLoss):  # on the GPU: read it only when it is logged
+                    loss = self.read_loss(loss) if logged else None
                 speed = (self.step - first_step) * self.batch_size / (time.perf_counter() - started)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{speed:.1f}")
-                if self.step % self.log_every == 0 or self.step == steps:
+                if loss is not None:
+                    self.history["train"].append((self.step, loss))
+                    bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{speed:.1f}")
+                if logged:
                     record = {"step": self.step, "loss": loss, "images_per_s": speed}
                     if self.objective is not None:
                         record["cross_entropy"] = self.objective
@@ -196,10 +272,18 @@ class Trainer:
             raise ValueError(f"checkpoint {path} was trained with {config['trainer']}; this trainer "
                              f"has {self.config}: the batches would differ")
         self.model.load_state_dict(_section(arrays, "model/"))
-        self.optimizer.load_state_dict(_section(arrays, "optim/"))
+        self.optimizer.load_state_dict(_section(arrays, "optim/"))  # new moment arrays:
+        self._graph = None  # a graph captured before would update the old ones
         self.step = int(arrays["step"])
         self.history = {k: [tuple(p) for p in v] for k, v in config["history"].items()}
         return self
+
+
+class GraphLoss:
+    """The loss of a step run through the CUDA graph: device buffers, not yet read."""
+
+    def __init__(self, step, outputs):
+        self.step, self.outputs = step, outputs
 
 
 def fit_class_weights(model, dataset, seed=0, max_images=512, batch_size=16):
