@@ -27,7 +27,7 @@ def cmd_overfit(args):
 
     summary = overfit(args.image, steps=args.steps, width=args.width, size=args.size, lr=args.lr,
                       device=args.device, seed=args.seed, out_dir=args.out,
-                      progress=not args.quiet)
+                      progress=not args.quiet, graph=False if args.no_graph else None)
     print(format_table(summary))
     print("pictures:", ", ".join(summary["grids"] + [summary["loss_curve"]]))
 
@@ -51,7 +51,7 @@ def cmd_train(args):
                       batch_size=args.batch_size, device=args.device, seed=args.seed,
                       out_dir=args.out, log_every=args.log_every, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-                      progress=not args.quiet)
+                      progress=not args.quiet, graph=False if args.no_graph else None)
     if args.resume:
         trainer.load_checkpoint(args.resume)
         print(f"resumed from {args.resume} at step {trainer.step}")
@@ -140,6 +140,11 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def graph_option(p):
+        p.add_argument("--no-graph", action="store_true",
+                       help="on cuda, run every step eagerly instead of replaying it as a CUDA "
+                            "graph (the graph is the default there; see docs/kernels.md)")
+
     def device_option(p, default="auto"):
         p.add_argument("--device", default=default, choices=["auto", "cpu", "cuda", "sim"],
                        help=f"where to run: auto (cuda when a GPU is usable, else cpu), cpu, "
@@ -158,6 +163,7 @@ def build_parser():
     p.add_argument("--out", default="runs/overfit", help="folder for pictures (default runs/overfit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     device_option(p, "cpu")
+    graph_option(p)
     p.set_defaults(run=cmd_overfit)
 
     p = sub.add_parser("train", help="train on a data set",
@@ -199,6 +205,7 @@ def build_parser():
                    help="save a sample grid every N steps (default 500)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     device_option(p)
+    graph_option(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("colorize", help="colorize photos",

@@ -111,6 +111,11 @@ class Trainer:
         return value
 
     # --- the step as a CUDA graph (graph.py) -------------------------------------------------
+    @property
+    def graph_captured(self):
+        """True once the step has been captured and is being replayed."""
+        return self._graph is not None and self._graph.captured
+
     def _graph_wanted(self):
         if self.graph is False or self.graph_off is not None:
             return False

@@ -139,7 +139,7 @@ def test_trainer_graph_equals_eager(photos, tmp_path):
     eager.fit(5)
     captured = trainer(photos, tmp_path, "graph", graph=True, log_every=2)
     captured.fit(5)
-    assert captured._graph.captured and captured.graph_off is None
+    assert captured.graph_captured and captured.graph_off is None
     assert int(captured.optimizer.t) == 5
     # the loss is read at logged steps only (2, 4 and the last), and equals the eager one
     assert [s for s, _ in captured.history["train"]] == [2, 4, 5]
@@ -191,3 +191,11 @@ def test_train_step_returns_device_buffers_through_the_graph(photos, tmp_path):
         loss = t.train_step()
     assert isinstance(loss, GraphLoss) and loss.step == 4
     assert t.read_loss(loss) > 0 and t.objective is None
+
+
+def test_overfit_and_train_take_no_graph(tmp_path):
+    from minicolor import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["overfit", "x.jpg", "--no-graph"]).no_graph
+    assert not parser.parse_args(["train", "data"]).no_graph
