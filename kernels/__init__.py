@@ -74,6 +74,7 @@ def empty(xp, shape, dtype):
 # (caching, streams, CUDA graph capture, recording the argument types for the compile check) is
 # decided here, in one place, and not in each op.
 _RECORDING = None  # a list while ``recording()`` is active: (kernel, args) are appended, not run
+launch_count = 0  # launches (or recordings) since import: ``minicolor profile`` counts a step's
 
 
 def launch(kernel, grid, block, *args):
@@ -83,6 +84,8 @@ def launch(kernel, grid, block, *args):
     recorded (the kernel and its arguments, so their Numba types can be derived) and nothing
     runs: that is how the compile check learns the signatures the launchers really use.
     """
+    global launch_count
+    launch_count += 1
     if _RECORDING is not None:
         _RECORDING.append((kernel, grid, block, args))
         return

@@ -135,6 +135,19 @@ def cmd_summary(args):
     print(summary(ColorizationNet(args.width, head=args.head), size=args.size, batch=args.batch))
 
 
+def cmd_profile(args):
+    from . import profile
+    from .backend import auto_device
+
+    device = auto_device() if args.device == "auto" else args.device
+    result = profile.profile(width=args.width, batch=args.batch, size=args.size, device=device,
+                             warmup=args.warmup, graph=not args.no_graph)
+    print(profile.format_table(result))
+    if args.chart:
+        Path(args.chart).parent.mkdir(parents=True, exist_ok=True)
+        print(f"chart: {profile.save_chart(result, args.chart)}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minicolor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,6 +292,22 @@ def build_parser():
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     device_option(p, "cpu")
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("profile", help="where one training step's time goes, layer by layer",
+                       description="Time one training step of ColorizationNet per layer and pass "
+                                   "(forward, backward) and the Adam update: GPU time from CUDA "
+                                   "events and host time on cuda, wall time on cpu and sim; "
+                                   "plus the kernel launches per step.")
+    p.add_argument("--width", type=_positive, default=16, help="width multiplier m (default 16)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    p.add_argument("--size", type=_size, default=224, help="image size (default 224)")
+    p.add_argument("--warmup", type=_positive, default=2,
+                   help="untimed steps first: kernels compile, memory pools grow (default 2)")
+    p.add_argument("--chart", default=None, help="also draw the table as a bar chart (PNG)")
+    p.add_argument("--no-graph", action="store_true",
+                   help="on cuda, do not capture the step as a CUDA graph to count and time it")
+    device_option(p, "auto")
+    p.set_defaults(run=cmd_profile)
     return parser
 
 
