@@ -7,13 +7,16 @@ from PIL import Image
 
 from minicolor import cli, profile
 from minicolor.models import ColorizationNet
+from minicolor.nn import BatchNorm2d, Conv2d
 
 
 def test_profile_rows_cover_every_layer_and_add_up():
     result = profile.profile(width=2, batch=1, size=16, device="cpu", warmup=1, repeat=1)
-    leaves = [name for name, m in ColorizationNet(2).named_modules() if not m._modules]
+    leaves = [(name, m) for name, m in ColorizationNet(2).named_modules() if not m._modules]
     rows = {r["layer"]: r for r in result["rows"]}
-    assert list(rows) == leaves + ["loss"]  # forward order, then the loss
+    assert list(rows)[-1] == "loss"
+    assert list(rows)[:-1] == [name for name, _ in leaves if name in rows]  # in forward order
+    assert {name for name, m in leaves if isinstance(m, (Conv2d, BatchNorm2d))} <= set(rows)
     assert rows["group1.0"]["kind"] == "conv 3x3 s1 d1" and rows["group1.0"]["shape"] == [1, 2, 16, 16]
     assert rows["group1.4"]["kind"] == "batchnorm" and rows["upsample"]["kind"] == "upsample x4 bilinear"
     for r in result["rows"]:
