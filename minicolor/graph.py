@@ -207,6 +207,12 @@ class StepGraph:
             raise GraphUnavailable(f"capturing the training step failed ({type(exc).__name__}: "
                                    f"{exc})") from exc
 
+    def snapshot(self, arrays):
+        """Copies of ``arrays`` (outputs of a step), made on the graph's stream after the step:
+        they keep the step's values when the next replay overwrites the outputs."""
+        with self.capturer.stream:
+            return [a.copy() for a in arrays]
+
     def read(self, arrays):
         """Host floats of 0-d device arrays (this waits for the GPU)."""
         with self.capturer.stream:

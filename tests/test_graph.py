@@ -199,3 +199,15 @@ def test_overfit_and_train_take_no_graph(tmp_path):
     parser = cli.build_parser()
     assert parser.parse_args(["overfit", "x.jpg", "--no-graph"]).no_graph
     assert not parser.parse_args(["train", "data"]).no_graph
+
+
+def test_snapshot_keeps_a_step_s_outputs_past_the_next_replay(rng):
+    step, _, _ = linear_step()
+    g = graph.StepGraph(step, graph.RecordedCapture(), warmup=1)
+    data = batches(4, rng)
+    for x, y in data[:3]:
+        out = g(x, y)
+    (kept,) = g.snapshot(out)
+    before = float(kept)
+    g(*data[3])
+    assert float(kept) == before and float(out[0]) != before
