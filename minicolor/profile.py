@@ -235,7 +235,7 @@ the step's total is the sum of its parts' medians.
     for key in runs[0]:
         if key not in ("rows", "gpu_waited_for_host", "launches"):
             result[key] = statistics.median(r[key] for r in runs)
-    result["launches"] = runs[-1]["launches"]
+    result["launches"] = None if device == "cpu" else runs[-1]["launches"]  # cpu: NumPy, no kernels
     result["rows"] = [dict(row, **{key: statistics.median(r["rows"][i][key] for r in runs)
                                    for key in row if key.endswith("_ms")})
                       for i, row in enumerate(runs[0]["rows"])]
