@@ -72,6 +72,7 @@ class Trainer:
         if graph not in (None, True, False):
             raise ValueError(f"graph must be None (on cuda only), True or False, got {graph!r}")
         self.graph = graph
+        self.train_seconds = 0.0  # wall time inside fit's step loops (no loss curve), all fits
         self._graph = None  # the StepGraph, once a step has used it
         self.graph_off = None  # why the graph is not used (a sentence), once that is known
 
@@ -211,6 +212,7 @@ class Trainer:
                     self.save_samples()
                 if self._due(self.checkpoint_every, steps):
                     self.save_checkpoint()
+            self.train_seconds += time.perf_counter() - started
         except KeyboardInterrupt:
             bar.close()
             path = self.save_checkpoint()
