@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from . import backend, optim
+from . import backend, nn, optim
 from .models import ColorizationNet
 from .nn import BatchNorm2d, Conv2d, ReLU, Upsample
 from .tensor import Tensor
@@ -123,6 +123,22 @@ def describe(module):
     return type(module).__name__.lower()
 
 
+def fused_relus(model):
+    """Names of the ReLUs that nn.Sequential runs fused into the batchnorm after them (where
+    nn.FUSE is on). They get no hook: a hook would turn the fusion off and the profile would
+    time another network; their time is in the batchnorm's row."""
+    if not getattr(nn, "FUSE", False):
+        return set()
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module._modules.items())
+            for (name, m), (_, after) in zip(children, children[1:]):
+                if type(m) is ReLU and isinstance(after, BatchNorm2d):
+                    names.add(f"{prefix}.{name}" if prefix else name)
+    return names
+
+
 class _Row:
     def __init__(self, name, kind):
         self.name, self.kind, self.shape = name, kind, None
@@ -145,10 +161,15 @@ class _Instrumented:
     def __init__(self, model, clock):
         self.model, self.clock = model, clock
         self.rows, self.removers, self.pending, self.wrapped = {}, [], [], []
+        fused = fused_relus(model)
         for name, module in model.named_modules():
-            if not module._modules:  # the leaves: the layers that run Functions
-                self.rows[name] = _Row(name, describe(module))
-                self.removers.append(module.register_forward_hook(self._forward_hook(name)))
+            if module._modules or name in fused:  # the leaves run Functions; see fused_relus
+                continue
+            kind = describe(module)
+            if fused and isinstance(module, BatchNorm2d):
+                kind = "relu + batchnorm"
+            self.rows[name] = _Row(name, kind)
+            self.removers.append(module.register_forward_hook(self._forward_hook(name)))
         self.rows["loss"] = _Row("loss", "mse")
         self.last = None  # (mark, host time) of the previous forward mark
 

@@ -40,3 +40,14 @@ def test_profile_command_prints_the_table_and_draws_the_chart(tmp_path, capsys):
     assert abs(sum(shares) - 100) < 1.0  # the rows are the whole step
     assert "Numba kernel launches per step: none" in out and f"chart: {chart}" in out
     assert Image.open(chart).size[0] > 300
+
+
+def test_relus_fused_into_batchnorm_get_no_row(monkeypatch):
+    from minicolor import nn
+
+    monkeypatch.setattr(nn, "FUSE", True, raising=False)  # as where nn.Sequential fuses them
+    fused = profile.fused_relus(ColorizationNet(2))
+    assert "group1.3" in fused and "group7.5" in fused and "group1.1" not in fused and len(fused) == 7
+    result = profile.profile(width=2, batch=1, size=16, device="cpu", warmup=1, repeat=1)
+    rows = {r["layer"]: r for r in result["rows"]}
+    assert not fused & set(rows) and rows["group1.4"]["kind"] == "relu + batchnorm"
