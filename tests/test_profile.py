@@ -18,7 +18,8 @@ def test_profile_rows_cover_every_layer_and_add_up():
     assert list(rows)[:-1] == [name for name, _ in leaves if name in rows]  # in forward order
     assert {name for name, m in leaves if isinstance(m, (Conv2d, BatchNorm2d))} <= set(rows)
     assert rows["group1.0"]["kind"] == "conv 3x3 s1 d1" and rows["group1.0"]["shape"] == [1, 2, 16, 16]
-    assert rows["group1.4"]["kind"] == "batchnorm" and rows["upsample"]["kind"] == "upsample x4 bilinear"
+    assert rows["group1.4"]["kind"] in ("batchnorm", "relu + batchnorm")  # see the last test
+    assert rows["upsample"]["kind"] == "upsample x4 bilinear"
     for r in result["rows"]:
         assert r["forward_ms"] > 0 and r["backward_ms"] > 0, r
     parts = sum(r["forward_ms"] + r["backward_ms"] for r in result["rows"])
