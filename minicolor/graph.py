@@ -9,7 +9,10 @@ exactly what was recorded: the same kernels, on the same memory, with the same a
 
     fixed buffers     the batch is copied into input buffers made once; every array the
                       step makes is made during capture and never freed (a private memory
-                      pool), so its address stays valid for every replay
+                      pool), so its address stays valid for every replay; and the graph keeps
+                      a reference to every argument of every kernel launched while it was
+                      captured, so an array made earlier and held only by some cache (conv2d's
+                      geometry tables) cannot be freed and its memory reused
     warm-up           the first steps run eagerly: Numba compiles its kernels, CuPy its
                       elementwise kernels, the optimizer makes its state (SGD's velocity),
                       the memory pool grows; none of that may happen inside a capture
@@ -97,8 +100,10 @@ class CudaCapture:
         self.pool = cupy.cuda.MemoryPool()
 
     def capture(self, fn):
-        cupy = self._cupy
-        with self.stream, cupy.cuda.using_allocator(self.pool.malloc):
+        import minicolor.kernels as kernels
+
+        cupy, kept = self._cupy, []
+        with self.stream, cupy.cuda.using_allocator(self.pool.malloc), holding_arguments(kernels, kept):
             self.stream.begin_capture()
             try:
                 outputs = fn()
@@ -107,15 +112,16 @@ class CudaCapture:
                     self.stream.end_capture()
                 raise
             graph = self.stream.end_capture()
-        return _CudaRecording(graph, self.stream, outputs)
+        return _CudaRecording(graph, self.stream, outputs, kept)
 
     def synchronize(self):
         self.stream.synchronize()
 
 
 class _CudaRecording:
-    def __init__(self, graph, stream, outputs):
+    def __init__(self, graph, stream, outputs, kept):
         self.graph, self.stream, self.outputs = graph, stream, outputs
+        self.kept = kept  # the arguments of every kernel in the graph: alive as long as it is
 
     def replay(self):
         self.graph.launch(stream=self.stream)
@@ -123,6 +129,24 @@ class _CudaRecording:
     def kernel_count(self):
         """Kernel nodes in the graph (from its DOT description): every kernel one step runs."""
         return self.graph.debug_dot_str().count("KERNEL")
+
+
+@contextlib.contextmanager
+def holding_arguments(kernels, kept):
+    """Within this block, every ``kernels.launch(kernel, grid, block, *args)`` also appends its
+    ``args`` to ``kept``. Every launcher goes through ``minicolor.kernels.launch`` (looked up on
+    the module at each call), so swapping it here for the capture sees them all."""
+    launch = kernels.launch
+
+    def keeping(kernel, grid, block, *args):
+        kept.append(args)
+        return launch(kernel, grid, block, *args)
+
+    kernels.launch = keeping
+    try:
+        yield kept
+    finally:
+        kernels.launch = launch
 
 
 def capture_for(device):

@@ -211,3 +211,19 @@ def test_snapshot_keeps_a_step_s_outputs_past_the_next_replay(rng):
     before = float(kept)
     g(*data[3])
     assert float(kept) == before and float(out[0]) != before
+
+
+def test_a_capture_holds_every_kernel_argument():
+    import types
+
+    ran = []
+    fake = types.SimpleNamespace(launch=lambda kernel, grid, block, *args: ran.append(kernel))
+    original, kept, table = fake.launch, [], np.arange(3)
+    with graph.holding_arguments(fake, kept):
+        fake.launch("k1", 1, 32, table, 5)
+        fake.launch("k2", 2, 64)
+    assert ran == ["k1", "k2"] and kept == [(table, 5), ()] and kept[0][0] is table
+    assert fake.launch is original  # put back
+    with pytest.raises(RuntimeError), graph.holding_arguments(fake, kept):
+        raise RuntimeError("capture failed")
+    assert fake.launch is original
