@@ -8,9 +8,11 @@
 #      at steps 100, 200, 400 beside a CPU run's (CPU_OVERFIT=0 skips the CPU run)
 #   4. the benchmark on the GPU: training steps (width 16 and 64; batch 1, 8, 32), every conv
 #      layer shape of the width-64 network at batch 32 (minicolor kernels, the NumPy reference
-#      on CuPy, PyTorch), and the 400-step overfit, beside PyTorch
+#      on CuPy, PyTorch), and the 400-step overfit, beside PyTorch (BENCH=0 skips it)
 # Usage, from the repository root on a machine with CUDA, CuPy and numba:
 #   OUT=results bash examples/gpu_check.sh
+# Steps 1-3 take a few minutes (the CPU overfit the longest); the benchmark several more: where
+# device time is short, run CPU_OVERFIT=0 BENCH=0 first.
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
@@ -42,5 +44,7 @@ logs = [{r["step"]: r["loss"] for r in map(json.loads, open(f"{run}/metrics.json
 for step in (100, 200, 400):
     print(f"{step:>5} " + " ".join(f"{log.get(step, float('nan')):>20.6f}" for log in logs))
 PY
-python3 -m minicolor.cli bench --device cuda --layer-width 64 --json "$OUT/bench-gpu.json" 2>&1 \
-    | tee "$OUT/bench-gpu.log"
+if [ "${BENCH:-1}" != "0" ]; then
+    python3 -m minicolor.cli bench --device cuda --layer-width 64 --json "$OUT/bench-gpu.json" 2>&1 \
+        | tee "$OUT/bench-gpu.log"
+fi
