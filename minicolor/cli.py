@@ -68,7 +68,7 @@ def cmd_overfit(args):
         print(busy_cpu_note(device), file=sys.stderr)
     summary = overfit(args.image, steps=args.steps, width=args.width, size=args.size, lr=args.lr,
                       device=device, seed=args.seed, out_dir=args.out,
-                      progress=not args.quiet)
+                      progress=not args.quiet, graph=False if args.no_graph else None)
     print(format_table(summary))
     print("pictures:", ", ".join(summary["grids"] + [summary["loss_curve"]]))
 
@@ -96,7 +96,7 @@ def cmd_train(args):
                       batch_size=args.batch_size, device=device, seed=args.seed,
                       out_dir=args.out, log_every=args.log_every, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-                      progress=not args.quiet)
+                      progress=not args.quiet, graph=False if args.no_graph else None)
     if resume_config is not None and "trainer" not in resume_config:
         trainer.load_weights(args.resume)
         print(f"{args.resume} holds weights only (no optimizer state, no step): training starts "
@@ -226,10 +226,27 @@ def cmd_kernels(args):
         raise SystemExit(returncode)
 
 
+def cmd_profile(args):
+    from . import profile
+
+    result = profile.profile(width=args.width, batch=args.batch, size=args.size,
+                             device=resolve_device(args.device), warmup=args.warmup,
+                             graph=not args.no_graph)
+    print(profile.format_table(result))
+    if args.chart:
+        Path(args.chart).parent.mkdir(parents=True, exist_ok=True)
+        print(f"chart: {profile.save_chart(result, args.chart)}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minicolor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def graph_option(p):
+        p.add_argument("--no-graph", action="store_true",
+                       help="on cuda, run every step eagerly instead of replaying it as a CUDA "
+                            "graph (the graph is the default there; see docs/kernels.md)")
 
     def device_option(p):
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "sim"],
@@ -249,6 +266,7 @@ def build_parser():
     p.add_argument("--out", default="runs/overfit", help="folder for pictures (default runs/overfit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     device_option(p)
+    graph_option(p)
     p.set_defaults(run=cmd_overfit)
 
     p = sub.add_parser("train", help="train on a data set",
@@ -293,6 +311,7 @@ def build_parser():
                    help="save a sample grid every N steps (default 500)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     device_option(p)
+    graph_option(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("colorize", help="colorize photos",
@@ -388,6 +407,22 @@ def build_parser():
     p.add_argument("--dtype", nargs="+", choices=["float32", "float64"], default=["float32", "float64"],
                    help="dtypes to compile for (default both)")
     p.set_defaults(run=cmd_kernels)
+
+    p = sub.add_parser("profile", help="where one training step's time goes, layer by layer",
+                       description="Time one training step of ColorizationNet per layer and pass "
+                                   "(forward, backward) and the Adam update: GPU time from CUDA "
+                                   "events and host time on cuda, wall time on cpu and sim; "
+                                   "plus the kernel launches per step.")
+    p.add_argument("--width", type=_positive, default=16, help="width multiplier m (default 16)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    p.add_argument("--size", type=_size, default=224, help="image size (default 224)")
+    p.add_argument("--warmup", type=_positive, default=2,
+                   help="untimed steps first: kernels compile, memory pools grow (default 2)")
+    p.add_argument("--chart", default=None, help="also draw the table as a bar chart (PNG)")
+    p.add_argument("--no-graph", action="store_true",
+                   help="on cuda, do not capture the step as a CUDA graph to count and time it")
+    device_option(p)
+    p.set_defaults(run=cmd_profile)
     return parser
 
 

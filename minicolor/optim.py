@@ -110,10 +110,29 @@ class Adam(Optimizer):
             self.flat.step(self.params, (self.lr, *self.betas, self.eps, self.weight_decay))
             return
         self.t += 1
+        b1, b2 = self.betas
+        self._step_size, self._bias2 = self.lr / (1 - b1**self.t), 1 - b2**self.t
+        self._rounded = {}
         super().step()
+
+    def _corrections(self, dtype):
+        """(lr / (1 - b1^t), 1 - b2^t) as they meet arrays of ``dtype``.
+
+        Python floats while t is a Python int. While t is a 0-d device array (the CUDA graph's
+        step counter, see graph.py) they are 0-d arrays computed on the device, rounded to
+        ``dtype`` once per step, just as NumPy and CuPy round a float when it meets an array:
+        so the graph's update is the eager update, to the bit.
+        """
+        if isinstance(self.t, int):
+            return self._step_size, self._bias2
+        if dtype not in self._rounded:
+            xp = backend.get_array_module(self.t)
+            self._rounded[dtype] = tuple(xp.asarray(c, dtype=dtype) for c in (self._step_size, self._bias2))
+        return self._rounded[dtype]
 
     def update(self, i, param, grad):
         b1, b2 = self.betas
+        step_size, bias2 = self._corrections(param.dtype)
         if self.weight_decay:
             grad = grad + self.weight_decay * param
         m, v = self.m[i], self.v[i]
@@ -122,9 +141,9 @@ class Adam(Optimizer):
         v *= b2
         v += (1 - b2) * (grad * grad)
         xp = backend.get_array_module(param)
-        denom = xp.sqrt(v / (1 - b2**self.t))
+        denom = xp.sqrt(v / bias2)
         denom += self.eps
-        param -= (self.lr / (1 - b1**self.t)) * m / denom
+        param -= step_size * m / denom
 
     def state_dict(self):
         state = {"t": backend.to_numpy(self.t)}

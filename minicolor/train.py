@@ -11,6 +11,11 @@ What it leaves in ``out_dir``:
     samples_XXXXXX.png   original | prediction grids, as in the report
     checkpoint.npz       written atomically; loaded with allow_pickle=False
 
+On ``cuda`` the step runs as a CUDA graph by default (``graph=None``; see graph.py): a few
+eager warm-up steps, then the whole step captured once and replayed, the batch copied into
+fixed input buffers. ``graph=False`` trains eagerly; ``graph=True`` asks for it on any device
+(on cpu and sim a stand-in replays the Python step, to test the bookkeeping).
+
 Losses are always reported in raw Lab ab units: the model works on ab / 110, so the
 reported loss is the training loss times 110². That is the unit of the report's figures.
 """
@@ -18,13 +23,14 @@ import json
 import os
 import time
 import warnings
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backend, color, optim, viz
+from . import backend, color, graph as step_graph, optim, viz
 from .data import batch_indices, data_identity
 from .functional import mse_loss
 from .models import ColorizationNet
@@ -40,7 +46,8 @@ class TrainingDiverged(RuntimeError):
 class Trainer:
     def __init__(self, model, train_set, val_set=None, *, lr=1e-4, batch_size=1, optimizer="adam",
                  device="auto", seed=0, out_dir="runs/train", log_every=10, val_every=None,
-                 checkpoint_every=None, sample_every=None, n_samples=4, progress=True):
+                 checkpoint_every=None, sample_every=None, n_samples=4, progress=True,
+                 graph=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(train_set) == 0:
@@ -65,6 +72,12 @@ class Trainer:
         self.history = {"train": [], "val": []}  # lists of (step, loss in Lab units)
         self.target = None  # the step fit() trains to: it decides which steps read their loss
         self.unread = []  # (step, mse, objective) of steps whose loss is still on the device
+        if graph not in (None, True, False):
+            raise ValueError(f"graph must be None (on cuda only), True or False, got {graph!r}")
+        self.graph = graph
+        self.train_seconds = 0.0  # wall time inside fit's step loops (no loss curve), all fits
+        self._graph = None  # the StepGraph, once a step has used it
+        self.graph_off = None  # why the graph is not used (a sentence), once that is known
 
     # --- one step ---------------------------------------------------------------------------
     def _tensors(self, l, ab):
@@ -79,10 +92,16 @@ class Trainer:
         reads it: every step when called on its own, in ``fit`` only the steps that log,
         validate or checkpoint. A reading step brings every unread loss to the host in one
         transfer and checks them before its own update; each step's loss goes to the history.
+        Through the CUDA graph a step reads its loss after its update (the graph is one call).
         """
         indices = batch_indices(len(self.train_set), self.batch_size, self.step, self.seed)
         rng = np.random.default_rng([self.seed, self.step, 1])  # augmentation of this step
-        x, y = self._tensors(*self.train_set.batch(indices, rng))
+        l, ab = self.train_set.batch(indices, rng)
+        if self._graph_wanted():
+            done, value = self._graph_train_step(l, ab)
+            if done:
+                return value
+        x, y = self._tensors(l, ab)
         self.model.train()
         self.optimizer.zero_grad()
         loss, mse = self.model.loss(x, y)
@@ -93,6 +112,52 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return value
+
+    # --- the step as a CUDA graph (graph.py) -------------------------------------------------
+    @property
+    def graph_captured(self):
+        """True once the step has been captured and is being replayed."""
+        return self._graph is not None and self._graph.captured
+
+    def _graph_wanted(self):
+        if self.graph is False or self.graph_off is not None:
+            return False
+        if self.graph is None and self.device != "cuda":
+            self.graph_off = f"CUDA graphs need device 'cuda'; this trainer runs on {self.device}"
+            return False
+        return True
+
+    def _graph_train_step(self, l, ab):
+        """One step through the StepGraph: (True, loss or None), or (False, None) where this
+        step must run eagerly."""
+        x = np.ascontiguousarray(color.normalize_l(l)[:, None], np.float32)
+        y = np.ascontiguousarray(color.normalize_ab(ab), np.float32)
+        if self._graph is None:
+            xp = backend.get_array_module(self.model.parameters()[0].data)
+            step_graph.device_step_counter(self.optimizer, xp)
+            self._graph = step_graph.StepGraph(self._captured_step, step_graph.capture_for(self.device))
+        try:
+            outputs = self._graph(x, y)
+        except step_graph.ShapeChanged:
+            return False, None  # an odd batch: this step runs eagerly, the graph stays for the next
+        except step_graph.GraphUnavailable as exc:
+            self.graph_off = str(exc)
+            self._graph = None
+            warnings.warn(f"training eagerly: {exc}", RuntimeWarning, stacklevel=3)
+            return False, None
+        self.step += 1
+        mse, *objective = self._graph.snapshot(outputs)  # the next replay overwrites the outputs
+        self.unread.append((self.step, mse, objective[0] if objective else None))
+        return True, (self.read_losses() if self._reads(self.step) else None)
+
+    def _captured_step(self, x, y):
+        """The step the graph records: forward, loss, backward, update; no host reads."""
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss, mse = self.model.loss(Tensor(x, device=self.device), Tensor(y, device=self.device))
+        loss.backward()
+        self.optimizer.step()
+        return (mse.data,) if loss is mse else (mse.data, loss.data)
 
     def _reads(self, step):
         """Whether ``step`` reads the losses: inside fit, when it logs, validates or checkpoints."""
@@ -114,8 +179,9 @@ class Trainer:
         for (step, _, objective), (mse, cross_entropy) in zip(unread, values):
             value = float(mse) * LOSS_UNIT
             if not np.isfinite(value):
+                when = "before" if self._graph is None else "after"  # a graph step is one call
                 raise TrainingDiverged(
-                    f"the loss became {value} at step {step}; training stopped before updating "
+                    f"the loss became {value} at step {step}; training stopped {when} updating "
                     f"the weights at step {unread[-1][0]}. The last good checkpoint (if any) is "
                     f"{self.checkpoint_path}")
             self.history["train"].append((step, value))
@@ -165,6 +231,7 @@ class Trainer:
                 if self._due(self.checkpoint_every, steps):
                     self.save_checkpoint()
             self.read_losses()  # any left (when nothing logs the last step)
+            self.train_seconds += time.perf_counter() - started
         except KeyboardInterrupt:
             bar.close()
             # the history holds the steps done: read the rest, forget a step cut short
@@ -253,6 +320,7 @@ class Trainer:
                           f"{new['images']}); training goes on with this run's data", stacklevel=2)
         _load_state(path, self.model, _section(arrays, "model/"))
         self.optimizer.load_state_dict(_section(arrays, "optim/"))
+        self._graph = None  # capture again: the graph recorded the addresses of the state before
         self.step = int(arrays["step"])
         self.history = {k: [tuple(p) for p in v] for k, v in config["history"].items()}
         return self
