@@ -24,7 +24,8 @@ Three steps, each done by a tool that ships as a pip wheel (the ``kernels`` extr
    one kernel per dtype and tile shape and set ``kernel.tiles`` = (BM, BN, BK, TM, TN, VEC):
    the rows are named by tile (``conv2d.gather_gemm[128x128]``), and BK * TM * TN gives the
    trip count of the inner loop. Last, ``target_checks`` says per conv pass whether the main
-   (128 x 128 float32) tiles meet the static targets of issue 10.
+   (128 x 128 float32) tiles meet the static targets: FMA share of the inner loop >= 60%, of
+   one pass >= 50%.
 
 Exit status 1 if a kernel does not compile, a kernel was never launched by the calls here, a
 tool is missing, or any kernel spills registers to local memory. Simulator mode is decided when
@@ -669,7 +670,7 @@ def _mix_row(mix):
             mix.div]
 
 
-# The static targets of issue 10 for the conv kernels' main tiles (float32, 128 x 128):
+# The static targets for the conv kernels' main tiles (float32, 128 x 128):
 # at least this share of FMA in the inner loop and in one pass of the reduction loop.
 TARGETS = {"inner": 60.0, "pass": 50.0}
 TARGET_DTYPE = "float32"
