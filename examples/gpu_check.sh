@@ -6,7 +6,8 @@
 #      layer, kernel launches per step, the step as a graph
 #   3. the 400-step bridge overfit on cuda, as a CUDA graph (the default) and eagerly; the losses
 #      at steps 100, 200, 400 beside a CPU run's (CPU_OVERFIT=0 skips the CPU run)
-#   4. the benchmark on the GPU: training steps (width 16 and 64; batch 1, 8, 32), every conv
+#   4. the kernel report (`minicolor kernels`: registers, occupancy, FMA share of the conv loops)
+#   5. the benchmark on the GPU: training steps (width 16 and 64; batch 1, 8, 32), every conv
 #      layer shape of the width-64 network at batch 32 (minicolor kernels, the NumPy reference
 #      on CuPy, PyTorch), and the 400-step overfit, beside PyTorch (BENCH=0 skips it)
 # Usage, from the repository root on a machine with CUDA, CuPy and numba:
@@ -22,6 +23,9 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -m pytest tests/test_kernels_gpu.py tests/test_graph_gpu.py -rs --durations=5 2>&1 \
     | tee "$OUT/gpu_tests.log"
+# the static kernel report (registers, occupancy, FMA share of the conv loops) beside the timings;
+# it needs the `kernels` extra's wheels (ptxas, nvdisasm): it says so and goes on where they are missing
+python3 -m minicolor.cli kernels --dtype float32 2>&1 | tee "$OUT/kernels.log"
 for batch in 1 32; do
     python3 -m minicolor.cli profile --device cuda --width 16 --batch "$batch" \
         --chart "$OUT/profile-w16-b$batch.png" 2>&1 | tee "$OUT/profile-w16-b$batch.log"
