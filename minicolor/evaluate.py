@@ -10,7 +10,10 @@ the photo's size, as ``minicolor colorize`` does). Then:
                   and the photo itself (how colorful it really is)
 
 The standard held-out photos come with scikit-image, scikit-learn and matplotlib (bundled in
-their wheels, nothing is downloaded): ``standard_images()``.
+their wheels, nothing is downloaded): ``standard_images()``. Other photos come from files,
+folders or list files (``find_photos``); a folder's first subfolder is a photo's source (the
+corpus of examples/collect_photos.py keeps one per Debian package), and ``by_source`` /
+``format_sources`` give the means per source beside the mean over all.
 """
 from pathlib import Path
 
