@@ -14,6 +14,7 @@
    and the four where it loses the most -> docs/img/gallery_heldout.png.
 """
 import argparse
+import csv
 import shutil
 from pathlib import Path
 
@@ -94,6 +95,12 @@ def heldout_gallery(models, shipped, path):
     images = {name: load_rgb(p) for name, (p, _) in found.items()}
     chosen = good_and_bad(shipped, images)
     print("held-out gallery (AuC minus gray's):", ", ".join(f"{n} {g:+.3f}" for n, g in chosen))
+    with open(CORPUS / "manifest.csv", newline="", encoding="utf-8") as f:
+        credits = {row["file"]: row for row in csv.DictReader(f)}
+    for name, _ in chosen:  # the credits the model card must give for the pictures it shows
+        row = credits[f"heldout/{name}.jpg"]
+        print(f"  {name}: {row['original_path']} ({row['package']}), {row['licence']}, "
+              f"{row['credit']} {row['source_url']}".rstrip())
     gallery(models, [name for name, _ in chosen], path, images=images)
 
 
