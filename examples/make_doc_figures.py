@@ -75,7 +75,7 @@ def gallery(models, names, path, max_side=240, images=None):
             axes[r, c].set_yticks([])
             if r == 0:
                 axes[r, c].set_title(columns[c], fontsize=10)
-        axes[r, 0].set_ylabel(name.split("/")[-1][-22:], fontsize=9)
+        axes[r, 0].set_ylabel(name.split("/")[-1].split("-")[-1][:22], fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
