@@ -7,11 +7,14 @@
    100 and 400 and the loss curve -> docs/img/bridge_step100.png, bridge_step400.png,
    bridge_loss.png, and its table on stdout.
 2. The activation figure of the shipped model on the bridge photo -> docs/img/activations.png.
-3. The model card's gallery of held-out photos: gray input | regression | classification |
-   truth -> docs/img/gallery.png, from the shipped weights and the other head's weights in
-   examples/weights/ (needs scikit-image and scikit-learn for the standard photos).
+3. The model card's galleries of held-out photos: gray input | the weights before issue 13 |
+   the shipped weights | truth, on the eight standard photos -> docs/img/gallery.png (needs
+   scikit-image and scikit-learn), and on held-out corpus photos (data/corpus/heldout, made by
+   examples/collect_photos.py), the four where the shipped model beats gray by the most AuC
+   and the four where it loses the most -> docs/img/gallery_heldout.png.
 """
 import argparse
+import csv
 import shutil
 from pathlib import Path
 
@@ -24,13 +27,15 @@ from minicolor.activations import save_activation_grid  # noqa: E402
 from minicolor.color import gray_to_rgb, rgb_to_lab  # noqa: E402
 from minicolor.colorize import colorize_rgb, shipped_weights  # noqa: E402
 from minicolor.data import load_rgb, resize_rgb  # noqa: E402
-from minicolor.evaluate import standard_images  # noqa: E402
+from minicolor.evaluate import evaluate_rgb, find_photos, standard_images  # noqa: E402
 from minicolor.overfit import format_table, overfit  # noqa: E402
 from minicolor.train import load_model  # noqa: E402
 
 HERE = Path(__file__).parent
 IMG = HERE.parent / "docs" / "img"
 BRIDGE = HERE / "roebling-bridge.jpg"
+CORPUS = HERE.parent / "data" / "corpus"
+BEFORE = HERE / "weights" / "colorizer-w16-regression-23photos.npz"  # shipped before issue 13
 
 
 def bridge_figures(out):
@@ -51,8 +56,8 @@ def activation_figure(weights):
     print("activations:", chosen)
 
 
-def gallery(models, names, path, max_side=240):
-    images = standard_images()
+def gallery(models, names, path, max_side=240, images=None):
+    images = standard_images() if images is None else images
     names = names or list(images)
     columns = ["gray input"] + list(models) + ["truth"]
     fig, axes = plt.subplots(len(names), len(columns), figsize=(2.4 * len(columns), 2.0 * len(names)),
@@ -70,10 +75,33 @@ def gallery(models, names, path, max_side=240):
             axes[r, c].set_yticks([])
             if r == 0:
                 axes[r, c].set_title(columns[c], fontsize=10)
-        axes[r, 0].set_ylabel(name, fontsize=9)
+        axes[r, 0].set_ylabel(name.split("/")[-1].split("-")[-1][:22], fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def good_and_bad(model, images, n=4):
+    """The n photos where the model beats the gray baseline by the most AuC, then the n where it
+    loses the most, with that difference."""
+    metrics = {name: evaluate_rgb(model, rgb) for name, rgb in images.items()}
+    gains = {name: m["auc"] - m["auc_gray"] for name, m in metrics.items()}
+    order = sorted(gains, key=gains.get, reverse=True)
+    return [(name, gains[name]) for name in order[:n] + order[-n:]]
+
+
+def heldout_gallery(models, shipped, path):
+    found = find_photos([CORPUS / "heldout"])
+    images = {name: load_rgb(p) for name, (p, _) in found.items()}
+    chosen = good_and_bad(shipped, images)
+    print("held-out gallery (AuC minus gray's):", ", ".join(f"{n} {g:+.3f}" for n, g in chosen))
+    with open(CORPUS / "manifest.csv", newline="", encoding="utf-8") as f:
+        credits = {row["file"]: row for row in csv.DictReader(f)}
+    for name, _ in chosen:  # the credits the model card must give for the pictures it shows
+        row = credits[f"heldout/{name}.jpg"]
+        print(f"  {name}: {row['original_path']} ({row['package']}), {row['licence']}, "
+              f"{row['credit']} {row['source_url']}".rstrip())
+    gallery(models, [name for name, _ in chosen], path, images=images)
 
 
 def main():
@@ -87,15 +115,15 @@ def main():
         bridge_figures(Path(args.out))
     shipped = shipped_weights()
     if shipped is None:
-        print("no shipped weights: skipping the activation figure and the gallery")
+        print("no shipped weights: skipping the activation figure and the galleries")
     else:
         activation_figure(shipped)
-        models = {}
-        for path in [shipped] + sorted((HERE / "weights").glob("*.npz")):
-            model = load_model(path)
-            models.setdefault(model.head_kind, model)
-        models = {kind: models[kind] for kind in ("regression", "classification") if kind in models}
+        models = {"before issue 13": load_model(BEFORE), "shipped": load_model(shipped)}
         gallery(models, None, IMG / "gallery.png")
+        if (CORPUS / "heldout").is_dir():
+            heldout_gallery(models, models["shipped"], IMG / "gallery_heldout.png")
+        else:
+            print(f"no {CORPUS / 'heldout'}: run examples/collect_photos.py for the held-out gallery")
     for path in sorted(IMG.glob("*.png")):
         shrink(path)
     print("wrote", ", ".join(f"{p} ({p.stat().st_size // 1024} KB)" for p in sorted(IMG.glob("*.png"))))

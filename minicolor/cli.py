@@ -90,6 +90,8 @@ def cmd_train(args):
     train_set, val_set = split(dataset, args.val_fraction, seed=args.seed)
     print(f"{_plural(len(train_set), 'training image')}, {len(val_set)} held out for validation")
     model = ColorizationNet(args.width, seed=args.seed, head=args.head)
+    if args.init and not args.resume:
+        print(f"starting from {args.init}: " + init_from(model, args.init))
     if args.head == "classification" and not args.resume:
         fit_class_weights(model, train_set, seed=args.seed)
     trainer = Trainer(model, train_set, val_set, lr=args.lr,
@@ -114,6 +116,19 @@ def cmd_train(args):
     trainer.save_checkpoint()
     weights = save_weights(Path(args.out) / "weights.npz", trainer.model)
     print(f"done: step {trainer.step}; checkpoint {trainer.checkpoint_path}, weights {weights}")
+
+
+def init_from(model, path):
+    """Copy the weights of ``path`` whose names and shapes match ``model`` (fine-tuning)."""
+    from .train import _section, read_npz
+
+    arrays, _ = read_npz(path)
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    state = {k: v for k, v in _section(arrays, "model/").items()
+             if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(state, strict=False)
+    fresh = sorted(set(own) - set(state))
+    return f"{len(state)} arrays copied" + (f", fresh: {', '.join(fresh)}" if fresh else "")
 
 
 def load_model_or_shipped(weights, device):
@@ -181,17 +196,25 @@ def cmd_evaluate(args):
     import json
 
     from .data import load_rgb
-    from .evaluate import evaluate, format_table, standard_images
+    from .evaluate import (STANDARD, by_source, evaluate, find_photos, format_sources, format_table,
+                           standard_images)
 
     model = load_model_or_shipped(args.weights, resolve_device(args.device))
     images = standard_images() if args.standard else {}
-    for path in args.images:  # named by file name; by path where two names are alike
-        name = Path(path).stem if Path(path).stem not in images else shown(path)
-        images[name] = load_rgb(path)
+    photos = find_photos(args.images, root=args.root, taken=set(images))
+    images.update({name: load_rgb(path) for name, (path, _) in photos.items()})
     if not images:
         raise ValueError("give photos to evaluate, or --standard for the eight standard ones")
     results = evaluate(model, images, size=args.size)
-    print(format_table(results))
+    if not args.sources_only:
+        print(format_table(results))
+    sources = {name: source for name, (_, source) in photos.items() if source}
+    if sources:
+        if args.standard:
+            sources.update({name: "standard" for name in STANDARD})
+        results["sources"] = by_source(results, sources)
+        print()
+        print(format_sources(results["sources"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
@@ -303,6 +326,10 @@ def build_parser():
                    help="a checkpoint.npz to continue from exactly (same --seed, --batch-size; "
                         "--steps counts from the start); a weights.npz starts from its weights "
                         "at step 0 with a fresh optimizer")
+    p.add_argument("--init", default=None,
+                   help="start from these weights (a weights.npz or checkpoint.npz): every array "
+                        "whose name and shape match is copied, the rest start fresh (fine-tuning; "
+                        "the regression weights give a classification net all but its head)")
     p.add_argument("--log-every", type=_positive, default=10, help="log every N steps (default 10)")
     p.add_argument("--val-every", type=int, default=200, help="validate every N steps (default 200)")
     p.add_argument("--checkpoint-every", type=int, default=500,
@@ -365,7 +392,13 @@ def build_parser():
                        description="Color held-out photos and print, per photo and in total, "
                                    "AuC (Zhang et al.), PSNR and colorfulness beside the gray "
                                    "baseline and the truth.")
-    p.add_argument("images", nargs="*", help="photos to evaluate (their own colors are the truth)")
+    p.add_argument("images", nargs="*",
+                   help="photos to evaluate (their own colors are the truth): files, folders (every "
+                        "photo below; the first subfolder is its source) or .txt lists of paths")
+    p.add_argument("--root", default=None,
+                   help="the folder the paths in .txt lists are relative to (default: the list's)")
+    p.add_argument("--sources-only", action="store_true",
+                   help="print only the per-source means, not every photo")
     p.add_argument("--standard", action="store_true",
                    help="also the eight standard photos of scikit-image, scikit-learn and matplotlib")
     p.add_argument("--weights", default=None,

@@ -10,8 +10,13 @@ the photo's size, as ``minicolor colorize`` does). Then:
                   and the photo itself (how colorful it really is)
 
 The standard held-out photos come with scikit-image, scikit-learn and matplotlib (bundled in
-their wheels, nothing is downloaded): ``standard_images()``.
+their wheels, nothing is downloaded): ``standard_images()``. Other photos come from files,
+folders or list files (``find_photos``); a folder's first subfolder is a photo's source (the
+corpus of examples/collect_photos.py keeps one per Debian package), and ``by_source`` /
+``format_sources`` give the means per source beside the mean over all.
 """
+from pathlib import Path
+
 import numpy as np
 
 from .color import gray_to_rgb, lab_to_rgb, rgb_to_lab
@@ -80,4 +85,86 @@ def format_table(results):
         lines.append(f"{name:<{width}}{r['auc']:>7.3f}{r['auc_gray']:>7.3f}{r['psnr']:>8.2f}"
                      f"{r['psnr_gray']:>7.2f}{r['colorfulness']:>10.1f}{r['colorfulness_gray']:>6.1f}"
                      f"{r['colorfulness_truth']:>7.1f}")
+    return "\n".join(lines)
+
+
+# --- folders, lists and sources ------------------------------------------------------------------
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def find_photos(sources, root=None, taken=()):
+    """{name: (path, source)} of the photos named by ``sources``: files, folders or list files.
+
+    A folder gives every photo below it, named by its path inside the folder (without the
+    suffix); its source is the first subfolder (a corpus made by examples/collect_photos.py
+    keeps each Debian package in its own subfolder), or the folder's own name. A ``.txt`` list
+    holds one path per line, relative to ``root`` (default: the list file's folder); blank
+    lines and lines starting with # are skipped; a listed path's source is its first folder.
+    A single photo is named by its stem and has no source (""). A name already found, or in
+    ``taken``, is replaced by the photo's path, so two photos never share a row.
+    """
+    found = {}
+
+    def add(path, name, source):
+        if not path.is_file():
+            raise FileNotFoundError(f"no photo at {path}")
+        if name in found or name in taken:
+            name = path.as_posix()
+        found[name] = (path, source)
+
+    for entry in map(Path, sources):
+        if entry.is_dir():
+            photos = sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not photos:
+                raise FileNotFoundError(f"no photos (.jpg, .jpeg, .png) under {entry}")
+            for p in photos:
+                rel = p.relative_to(entry)
+                add(p, rel.with_suffix("").as_posix(), rel.parts[0] if len(rel.parts) > 1 else entry.name)
+        elif entry.suffix.lower() == ".txt":
+            base = Path(root) if root is not None else entry.parent
+            lines = [s.strip() for s in entry.read_text().splitlines()]
+            for line in (s for s in lines if s and not s.startswith("#")):
+                rel = Path(line)
+                path = base / rel
+                if not path.suffix:  # a list may name photos without their suffix
+                    path = next((path.with_suffix(s) for s in IMAGE_SUFFIXES
+                                 if path.with_suffix(s).is_file()), path)
+                add(path, rel.with_suffix("").as_posix() if rel.suffix else rel.as_posix(),
+                    rel.parts[0] if len(rel.parts) > 1 else "")
+        else:
+            add(entry, entry.stem, "")
+    return found
+
+
+def by_source(results, sources):
+    """{source: mean metrics and "n"} over the photos of each source, and "all" over every photo.
+
+    ``results`` as returned by ``evaluate``; ``sources`` maps photo name -> source.
+    """
+    groups = {}
+    for name, source in sources.items():
+        if name in results and name != "mean":
+            groups.setdefault(source or "(none)", []).append(results[name])
+    groups = dict(sorted(groups.items()))
+    groups["all"] = [r for name, r in results.items() if name != "mean"]
+    out = {}
+    for source, rows in groups.items():
+        out[source] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        out[source]["n"] = len(rows)
+    return out
+
+
+def format_sources(groups, title="source"):
+    """The per-source means as a table whose first column fits the longest source name."""
+    width = max(len(title), *(len(name) for name in groups)) + 2
+    header = (f"{title:<{width}}{'n':>4}{'AuC':>7}{'gray':>7}{'PSNR':>8}{'gray':>7}"
+              f"{'colorful':>10}{'truth':>7}{'ratio':>7}")
+    lines = [header, "-" * len(header)]
+    for name, r in groups.items():
+        if name == "all":
+            lines.append("-" * len(header))
+        ratio = r["colorfulness"] / r["colorfulness_truth"] if r["colorfulness_truth"] else float("nan")
+        lines.append(f"{name:<{width}}{r['n']:>4d}{r['auc']:>7.3f}{r['auc_gray']:>7.3f}"
+                     f"{r['psnr']:>8.2f}{r['psnr_gray']:>7.2f}{r['colorfulness']:>10.1f}"
+                     f"{r['colorfulness_truth']:>7.1f}{ratio:>7.2f}")
     return "\n".join(lines)
