@@ -25,7 +25,7 @@ from PIL import Image
 
 from .color import lab_to_rgb, rgb_to_lab
 from .data import resize_rgb
-from .images import is_image_name, load_rgb
+from .images import find_images, load_rgb
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 STRIP_PIXELS = 1 << 20  # pixels per strip of the full-size work (about 100 MB of temporaries)
@@ -104,8 +104,7 @@ def expand_inputs(inputs):
     pairs, seen = [], set()
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if is_image_name(p) and p.is_file())
-            pairs += [(p, p.relative_to(item).with_suffix("")) for p in found]
+            pairs += [(p, p.relative_to(item).with_suffix("")) for p in find_images(item)]
         else:
             pairs.append((item, Path(item.stem)))
     unique = []

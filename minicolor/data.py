@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .color import rgb_to_lab
-from .images import IMAGE_SUFFIXES, DataError, is_image_name, load_rgb  # noqa: F401 (re-exported)
+from .images import IMAGE_SUFFIXES, DataError, find_images, load_rgb  # noqa: F401 (re-exported)
 
 
 def _digest(value):
@@ -181,7 +181,7 @@ class ImageFolder:
             return [root]
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist")
-        return sorted(p for p in root.rglob("*") if is_image_name(p) and p.is_file())
+        return find_images(root)
 
     def identity(self):
         """Names (relative to the folder) and byte sizes of the photos read: a copied or moved

@@ -22,6 +22,7 @@ import numpy as np
 from .color import gray_to_rgb, lab_to_rgb, rgb_to_lab
 from .colorize import predict_lab
 from .data import load_rgb
+from .images import IMAGE_SUFFIXES, find_images
 from .metrics import auc, colorfulness, psnr
 
 STANDARD = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "china", "flower", "grace_hopper")
@@ -89,9 +90,6 @@ def format_table(results):
 
 
 # --- folders, lists and sources ------------------------------------------------------------------
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
 def find_photos(sources, root=None, taken=()):
     """{name: (path, source)} of the photos named by ``sources``: files, folders or list files.
 
@@ -114,9 +112,9 @@ def find_photos(sources, root=None, taken=()):
 
     for entry in map(Path, sources):
         if entry.is_dir():
-            photos = sorted(p for p in entry.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            photos = find_images(entry)
             if not photos:
-                raise FileNotFoundError(f"no photos (.jpg, .jpeg, .png) under {entry}")
+                raise FileNotFoundError(f"no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) under {entry}")
             for p in photos:
                 rel = p.relative_to(entry)
                 add(p, rel.with_suffix("").as_posix(), rel.parts[0] if len(rel.parts) > 1 else entry.name)
@@ -127,7 +125,7 @@ def find_photos(sources, root=None, taken=()):
                 rel = Path(line)
                 path = base / rel
                 if not path.suffix:  # a list may name photos without their suffix
-                    path = next((path.with_suffix(s) for s in IMAGE_SUFFIXES
+                    path = next((path.with_suffix(s) for s in sorted(IMAGE_SUFFIXES)
                                  if path.with_suffix(s).is_file()), path)
                 add(path, rel.with_suffix("").as_posix() if rel.suffix else rel.as_posix(),
                     rel.parts[0] if len(rel.parts) > 1 else "")

@@ -43,6 +43,11 @@ def is_image_name(path):
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def find_images(folder):
+    """The photos under ``folder`` (every subfolder; hidden files passed over), sorted."""
+    return sorted(p for p in folder.rglob("*") if is_image_name(p) and p.is_file())
+
+
 def load_rgb(path, min_side=None):
     """Any image file (path or binary file object) -> upright RGB uint8 (H, W, 3).
 

@@ -23,8 +23,6 @@ import json
 import os
 import time
 import warnings
-import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +78,15 @@ class Trainer:
         self.graph_off = None  # why the graph is not used (a sentence), once that is known
 
     # --- one step ---------------------------------------------------------------------------
+    @staticmethod
+    def _inputs(l, ab):
+        """The network's input and target for a batch of L and ab: float32 host arrays."""
+        return (np.ascontiguousarray(color.normalize_l(l)[:, None], np.float32),
+                np.ascontiguousarray(color.normalize_ab(ab), np.float32))
+
     def _tensors(self, l, ab):
-        x = backend.as_array(color.normalize_l(l)[:, None], self.device, np.float32)
-        y = backend.as_array(color.normalize_ab(ab), self.device, np.float32)
-        return Tensor(x, device=self.device), Tensor(y, device=self.device)
+        return tuple(Tensor(backend.as_array(a, self.device), device=self.device)
+                     for a in self._inputs(l, ab))
 
     def train_step(self):
         """Run step ``self.step + 1``; return its loss in Lab units (before the update), or None.
@@ -130,8 +133,7 @@ class Trainer:
     def _graph_train_step(self, l, ab):
         """One step through the StepGraph: (True, loss or None), or (False, None) where this
         step must run eagerly."""
-        x = np.ascontiguousarray(color.normalize_l(l)[:, None], np.float32)
-        y = np.ascontiguousarray(color.normalize_ab(ab), np.float32)
+        x, y = self._inputs(l, ab)
         if self._graph is None:
             xp = backend.get_array_module(self.model.parameters()[0].data)
             step_graph.device_step_counter(self.optimizer, xp)
@@ -368,10 +370,7 @@ def read_npz(path):
             raise ValueError(f"it holds one array of shape {loaded.shape} (a .npy file)")
         with loaded as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a minicolor checkpoint: {expected} "
-                         f"({str(exc) or type(exc).__name__}; truncated or damaged?)") from exc
-    except Exception as exc:  # zlib.error and whatever else a damaged zip member raises
+    except Exception as exc:  # OSError, BadZipFile, EOFError, zlib.error, ...: a damaged file
         raise ValueError(f"{path} is not a minicolor checkpoint: {expected} "
                          f"({type(exc).__name__}: {exc}; truncated or damaged?)") from exc
     if "config" not in arrays:
