@@ -72,6 +72,11 @@ def auto_device():
     return "cuda" if cuda_available() else "cpu"
 
 
+def resolve_device(name):
+    """'auto' -> 'cuda' or 'cpu'; any other device is checked now (``check_device``)."""
+    return auto_device() if name == "auto" else check_device(name)
+
+
 def patch_numpy_for_numba():
     """numba-cuda 0.30 calls ``np.row_stack``, which NumPy 2.5 removed; put it back.
 

@@ -27,14 +27,21 @@ def _positive(text):
 
 def resolve_device(name):
     """'auto' -> 'cuda' or 'cpu'; any other device is checked now, before data is read."""
-    from .backend import auto_device, check_device
+    from .backend import resolve_device
 
-    return auto_device() if name == "auto" else check_device(name)
+    return resolve_device(name)
 
 
 def shown(path):
     """A path as text that any terminal can print (undecodable bytes of odd names escaped)."""
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def warn_if_busy(device):
+    """Print ``busy_cpu_note`` to stderr when there is one."""
+    note = busy_cpu_note(device)
+    if note:
+        print(note, file=sys.stderr)
 
 
 def busy_cpu_note(device):
@@ -64,8 +71,7 @@ def cmd_overfit(args):
     from .overfit import format_table, overfit
 
     device = resolve_device(args.device)
-    if busy_cpu_note(device):
-        print(busy_cpu_note(device), file=sys.stderr)
+    warn_if_busy(device)
     summary = overfit(args.image, steps=args.steps, width=args.width, size=args.size, lr=args.lr,
                       device=device, seed=args.seed, out_dir=args.out,
                       progress=not args.quiet, graph=False if args.no_graph else None)
@@ -77,7 +83,7 @@ def cmd_train(args):
     from .colorize import check_writable
     from .data import ImageFolder, KaggleColorization, split
     from .models import ColorizationNet
-    from .train import Trainer, fit_class_weights, read_npz, save_weights
+    from .train import Trainer, fit_class_weights, init_from, read_npz, save_weights
 
     device = resolve_device(args.device)  # before minutes of decoding photos
     check_writable(args.out)
@@ -110,25 +116,11 @@ def cmd_train(args):
         print(f"the checkpoint is already at step {trainer.step}, at or past --steps {args.steps}: "
               f"nothing to train (--steps counts from the start of the run; give more to go on)")
     else:
-        if busy_cpu_note(device):
-            print(busy_cpu_note(device), file=sys.stderr)
+        warn_if_busy(device)
         trainer.fit(args.steps)
     trainer.save_checkpoint()
     weights = save_weights(Path(args.out) / "weights.npz", trainer.model)
     print(f"done: step {trainer.step}; checkpoint {trainer.checkpoint_path}, weights {weights}")
-
-
-def init_from(model, path):
-    """Copy the weights of ``path`` whose names and shapes match ``model`` (fine-tuning)."""
-    from .train import _section, read_npz
-
-    arrays, _ = read_npz(path)
-    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    state = {k: v for k, v in _section(arrays, "model/").items()
-             if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    model.load_state_dict(state, strict=False)
-    fresh = sorted(set(own) - set(state))
-    return f"{len(state)} arrays copied" + (f", fresh: {', '.join(fresh)}" if fresh else "")
 
 
 def load_model_or_shipped(weights, device):
@@ -173,9 +165,8 @@ def cmd_colorize(args):
 
 def cmd_bench(args):
     from . import bench
-    from .backend import auto_device
 
-    device = auto_device() if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     if not args.no_torch and not bench.torch_available():
         print("PyTorch is not installed, so only minicolor is timed: no torch or ratio columns "
               "(pip install torch to compare)")

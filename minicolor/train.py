@@ -50,7 +50,7 @@ class Trainer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(train_set) == 0:
             raise ValueError("the training set is empty")
-        self.device = backend.auto_device() if device == "auto" else backend.check_device(device)
+        self.device = backend.resolve_device(device)
         self.model = model.to(self.device)
         self.train_set, self.val_set = train_set, val_set
         self.config = {"lr": lr, "batch_size": batch_size, "optimizer": optimizer, "seed": seed}
@@ -334,6 +334,17 @@ class Trainer:
         _check_model(path, config, self.model)
         _load_state(path, self.model, _section(arrays, "model/"))
         return self
+
+
+def init_from(model, path):
+    """Copy the weights of ``path`` whose names and shapes match ``model`` (fine-tuning)."""
+    arrays, _ = read_npz(path)
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    state = {k: v for k, v in _section(arrays, "model/").items()
+             if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(state, strict=False)
+    fresh = sorted(set(own) - set(state))
+    return f"{len(state)} arrays copied" + (f", fresh: {', '.join(fresh)}" if fresh else "")
 
 
 def fit_class_weights(model, dataset, seed=0, max_images=512, batch_size=16):
