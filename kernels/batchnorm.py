@@ -255,7 +255,7 @@ def _chunk_grad_sums(gy, xhat, partial_sums):
 
 
 @cuda.jit
-def _combine_grad_sums(partial_sums, gweight, gbias):
+def _combine_sums(partial_sums, gweight, gbias):
     """Thread c: gbias[c] = sum of gy, gweight[c] = sum of gy * xhat, the chunks added in order."""
     c = cuda.grid(1)
     if c >= gbias.size:
@@ -284,7 +284,7 @@ def _grad_input(gy, xhat, inv_std, weight, gweight, gbias, training, relu, x, gx
 @cuda.jit
 def _channel_backward(gy, xhat, inv_std, weight, training, relu, x, gweight, gbias, gx):
     """Block c does all of channel c: its chunks' sums added in order (as ``_chunk_grad_sums``
-    and ``_combine_grad_sums``), a syncthreads, then gx for the channel's values."""
+    and ``_combine_sums``), a syncthreads, then gx for the channel's values."""
     partial = cuda.shared.array(THREADS, numba.float64)
     c, tid = cuda.blockIdx.x, cuda.threadIdx.x
     total_gy = 0.0
@@ -365,7 +365,7 @@ def backward(gy, xhat, inv_std, weight, training, relu_input=None):
     else:
         partial_sums = kernels.empty(xp, (2, c, _chunks(m)), xp.float64)
         kernels.launch(_chunk_grad_sums, (_chunks(m), c), THREADS, gy3, xhat3, partial_sums)
-        kernels.launch(_combine_grad_sums, math.ceil(c / THREADS), THREADS, partial_sums, gweight, gbias)
+        kernels.launch(_combine_sums, math.ceil(c / THREADS), THREADS, partial_sums, gweight, gbias)
         kernels.launch(_grad_input, _plane_grid(gy3.shape), THREADS, gy3, xhat3, inv_std, weight,
                        gweight, gbias, bool(training), relu, x3, gx)
     return gx.reshape(gy.shape), gweight, gbias
