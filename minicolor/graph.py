@@ -202,7 +202,6 @@ class StepGraph:
         self.branches = None  # what refresh() returned at the capture
         self.calls = 0  # steps run through this object (eager warm-up ones included)
         self.eager_calls = 0  # eager steps since the last (re)start: capture after ``warmup``
-        self.captures = 0
 
     @property
     def captured(self):
@@ -242,12 +241,10 @@ class StepGraph:
 
     def _capture(self):
         try:
-            recording = self.capturer.capture(lambda: tuple(self.step_fn(*self.inputs)))
+            return self.capturer.capture(lambda: tuple(self.step_fn(*self.inputs)))
         except Exception as exc:
             raise GraphUnavailable(f"capturing the training step failed ({type(exc).__name__}: "
                                    f"{exc})") from exc
-        self.captures += 1
-        return recording
 
     def snapshot(self, arrays):
         """Copies of ``arrays`` (outputs of a step), made on the graph's stream after the step:

@@ -34,7 +34,7 @@ class Optimizer:
 
     def hyperparameters(self):
         """The numbers the update uses, as Python floats, in the order of ``self.hyper``."""
-        raise NotImplementedError
+        return (self.lr,)
 
     def branches(self):
         """Which optional terms of the update are on (a value zero or not): what the step's
