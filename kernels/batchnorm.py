@@ -37,7 +37,9 @@ block per channel does everything: it reduces the channel (chunk by chunk, merge
 order with the same formulas), then, after a syncthreads, does the elementwise pass for its own
 channel. One launch per pass instead of three, at the price of less parallelism in the
 elementwise part, which small channels do not need: at width 16 and batch 1, six of the seven
-batchnorms are done in 2 launches a step. Both ways give the same numbers bit for bit.
+batchnorms are done in 2 launches a step. Both ways do the same arithmetic in the same order:
+the same numbers bit for bit in the simulator (on a GPU, unless the compiler contracts an FMA
+differently in the two kernels).
 
 ReLU fused in (``relu=True``): the network applies ReLU right before each batchnorm (conv,
 ReLU, ..., conv, ReLU, batchnorm in every group), so these kernels can take the ReLU's *input*
