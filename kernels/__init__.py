@@ -73,19 +73,22 @@ def empty(xp, shape, dtype):
 
 # --- the one launch path --------------------------------------------------------------------------
 # Every launcher in this package starts its kernels through ``launch``, so how a kernel is started
-# (caching, streams, CUDA graph capture, recording the argument types for the compile check) is
-# decided here, in one place, and not in each op.
-_RECORDING = None  # a list while ``recording()`` is active: (kernel, args) are appended, not run
+# (streams, counting, recording the arguments for the compile check or a CUDA graph, the fast
+# path) is decided here, in one place, and not in each op.
+_RECORDING = None  # while ``recording()`` is active: (list of launches, whether they also run)
 
 # Kernels launched (or recorded) since import. ``minicolor profile`` reads it before and after a
 # step: the difference is the number of Numba launches the step makes.
 launch_count = 0
 
-# On a real GPU, launch through kernels/launcher.py (cached argument types and specialisations:
-# see docs/kernels.md, "Launching a kernel"); False, or MINICOLOR_FAST_LAUNCH=0, uses Numba's own
-# ``kernel[grid, block, stream](*args)`` for every launch.
+# On a real GPU, launch through the fast path of kernels/_launch.py (plumbing: cached argument
+# types and specialisations, see docs/kernels.md, "Launching a kernel"). False, or
+# MINICOLOR_FAST_LAUNCH=0, uses Numba's own ``kernel[grid, block, stream](*args)`` for every
+# launch and touches none of numba-cuda's private names.
 FAST_LAUNCH = os.environ.get("MINICOLOR_FAST_LAUNCH", "1") != "0"
-_gpu = None  # (Launcher, CupyStreams), made at the first launch on a real GPU
+_streams = None  # CuPy's current stream as a Numba stream (_launch.CupyStreams), made at first use
+_fast = None  # the fast path (a _launch.Launcher), made at the first launch that wants it; False
+#               if it could not be made (one warning said why): then Numba's launch does it all
 
 
 def launch(kernel, grid, block, *args):
@@ -93,37 +96,59 @@ def launch(kernel, grid, block, *args):
 
     Same as ``kernel[grid, block](*args)``. On a real GPU it runs on CuPy's *current* stream
     (so that a CUDA graph captured on a CuPy stream records it), through the fast path of
-    kernels/launcher.py when it can, else through Numba's own launch. While ``recording()`` is
-    active the launch is only recorded (the kernel and its arguments, so their Numba types can
-    be derived) and nothing runs: that is how the compile check learns the signatures the
-    launchers really use. Every call adds one to ``launch_count``.
+    kernels/_launch.py when it can, else through Numba's own launch. Inside ``recording()``
+    the launch is also recorded (the kernel, its grid, block and arguments); with
+    ``run=False`` it is only recorded and nothing runs. Every call adds one to ``launch_count``.
     """
-    global launch_count, _gpu
+    global launch_count, _streams
     launch_count += 1
     if _RECORDING is not None:
-        _RECORDING.append((kernel, grid, block, args))
-        return
+        launches, run = _RECORDING
+        launches.append((kernel, grid, block, args))
+        if not run:
+            return
     if SIMULATOR:
         kernel[grid, block](*args)
         return
-    if _gpu is None:
-        from minicolor.kernels.launcher import CupyStreams, Launcher, NumbaCudaDriver
+    if _streams is None:
+        from minicolor.kernels._launch import CupyStreams
 
-        _gpu = (Launcher(NumbaCudaDriver()), CupyStreams())
-    launcher, streams = _gpu
-    stream = streams.current()
-    if FAST_LAUNCH and launcher.launch(kernel, grid, block, stream, args):
+        _streams = CupyStreams()
+    stream = _streams.current()
+    if FAST_LAUNCH and _fast_path() and _fast.launch(kernel, grid, block, stream, args):
         return
-    kernel[grid, block, stream.numba](*args)
+    kernel[grid, block, stream](*args)
+
+
+def _fast_path():
+    """The fast path, built at the first launch that asks for it (only then: with fast launch
+    off, nothing of numba-cuda's internals is touched); False where it cannot be had."""
+    global _fast
+    if _fast is None:
+        from minicolor.kernels._launch import make_fast_path
+
+        _fast = make_fast_path()
+    return _fast
 
 
 class recording:
-    """``with recording() as launches:`` collects the launches made inside instead of running them."""
+    """``with recording() as launches:`` collects the launches made inside, as (kernel, grid,
+    block, args) tuples.
+
+    ``run=False`` (the compile check, minicolor/kernel_report.py): they are recorded instead of
+    run, so their signatures can be compiled without a GPU. ``run=True`` (a CUDA graph capture,
+    minicolor/graph.py): they run as usual, and the list holds on to every argument of every
+    kernel, for as long as the caller keeps it: a graph replays the recorded addresses, so none
+    of that memory may be freed while the graph lives.
+    """
+
+    def __init__(self, run=False):
+        self.run = run
 
     def __enter__(self):
         global _RECORDING
-        self._saved, _RECORDING = _RECORDING, []
-        return _RECORDING
+        self._saved, _RECORDING = _RECORDING, ([], self.run)
+        return _RECORDING[0]
 
     def __exit__(self, *exc):
         global _RECORDING

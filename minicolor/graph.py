@@ -11,18 +11,23 @@ exactly what was recorded: the same kernels, on the same memory, with the same a
                       step makes is made during capture and never freed (a private memory
                       pool), so its address stays valid for every replay; and the graph keeps
                       a reference to every argument of every kernel launched while it was
-                      captured, so an array made earlier and held only by some cache (conv2d's
-                      geometry tables) cannot be freed and its memory reused
+                      captured (``kernels.recording(run=True)``), so an array made earlier and
+                      held only by some cache (conv2d's geometry tables) cannot be freed and
+                      its memory reused
     warm-up           the first steps run eagerly: Numba compiles its kernels, CuPy its
                       elementwise kernels, the optimizer makes its state (SGD's velocity),
                       the memory pool grows; none of that may happen inside a capture
     no host values    nothing in the step may wait for the GPU (``.item()``, ``float()``)
                       or branch on a value it computed: during capture nothing has run yet.
                       The loss stays in a device buffer that the caller reads when it logs
-    device counter    Adam's bias correction depends on the step number t. A Python int
-                      would be baked into the graph at capture; so ``device_step_counter``
-                      makes ``optimizer.t`` a 0-d device array that ``t += 1`` advances in
-                      place, inside the graph, and ``b ** t`` reads on the device
+    device numbers    a Python number that the step uses is baked into the graph at capture:
+                      CuPy passes it to its kernel as an argument, and the replay repeats that
+                      argument. So the optimizers keep what changes between steps on the device:
+                      Adam's step number t (advanced inside the graph) and the hyperparameters
+                      (optim.py: ``hyper``), which ``refresh`` copies there before every replay,
+                      from outside the graph: an lr schedule or warm-up reaches every step.
+                      When a term of the update is switched on or off (``refresh`` returns the
+                      optimizer's branches), the step is warmed up and captured again
     one stream        warm-up, copies, capture and replays all run on one CuPy stream. It is
                       a *blocking* stream on purpose: a kernel sent to the legacy default
                       stream during capture then fails the capture loudly (instead of
@@ -32,9 +37,10 @@ exactly what was recorded: the same kernels, on the same memory, with the same a
 The capture itself sits behind a small interface, ``capture(fn) -> recording`` with
 ``recording.replay()`` and ``recording.outputs``: ``CudaCapture`` is the real one;
 ``RecordedCapture`` is a stand-in for the CPU and the simulator that replays by calling
-``fn`` again and copying its results into the first call's outputs. The bookkeeping here
-(buffers, copy-in, warm-up, the counter, falling back) is the same for both, so it is tested
-on any machine; only ``CudaCapture`` needs a GPU (tests/test_graph_gpu.py).
+``fn`` again, with the Python values of the capture (see its docstring), and copying its results
+into the first call's outputs. The bookkeeping here (buffers, copy-in, warm-up, refreshing the
+hyperparameters, falling back) is the same for both, so it is tested on any machine; only
+``CudaCapture`` needs a GPU (tests/test_graph_gpu.py).
 """
 import contextlib
 
@@ -55,32 +61,62 @@ class ShapeChanged(ValueError):
 class RecordedCapture:
     """A stand-in for CUDA graph capture (CPU and simulator): records the Python step function.
 
-    ``replay()`` calls it again and copies each result into the arrays the first call returned,
-    so the outputs behave like a graph's fixed output buffers. It checks the bookkeeping
-    around a graph, not the graph itself: a host value baked into a real capture would be
-    recomputed here.
+    A real replay runs no Python: it repeats the kernels the capture recorded, with the
+    arguments they had then. A Python number the step used (``opt.lr``, a flag) is one of those
+    arguments, baked in; arrays are device memory, which every replay reads afresh. The
+    stand-in can only replay by calling the step again, so it makes that call see what a real
+    replay sees: the plain Python values (numbers, strings, tuples, None) of the objects in
+    ``frozen`` (the optimizer, the layers) are set back to what they were at capture for the
+    call, and afterwards to what they were before it (a replay changes no Python value).
+    ``replay()`` then copies each result into the arrays the capture returned, so the outputs
+    behave like a graph's fixed output buffers.
     """
 
     stream = contextlib.nullcontext()
 
+    def __init__(self, frozen=()):
+        self.frozen = list(frozen)
+
     def capture(self, fn):
-        return _Recorded(fn)
+        return _Recorded(fn, self.frozen)
 
     def synchronize(self):
         pass
 
 
+def _python_values(objects):
+    """[(object, {attribute: value})] of the plain Python values among the objects' attributes."""
+    plain = (int, float, complex, str, bool, type(None), np.generic)
+
+    def is_plain(value):
+        return isinstance(value, plain) or (isinstance(value, tuple) and all(map(is_plain, value)))
+
+    return [(obj, {k: v for k, v in vars(obj).items() if is_plain(v)}) for obj in objects]
+
+
+def _set_values(saved):
+    for obj, values in saved:
+        for name, value in values.items():
+            setattr(obj, name, value)
+
+
 class _Recorded:
-    def __init__(self, fn):
-        self.fn, self.outputs = fn, None
+    def __init__(self, fn, frozen):
+        self.fn, self.frozen, self.outputs = fn, frozen, None
+        self.at_capture = _python_values(frozen)
 
     def replay(self):
-        results = self.fn()
-        if self.outputs is None:
-            self.outputs = results
-        else:
-            for out, new in zip(self.outputs, results):
-                out[...] = new
+        if self.outputs is None:  # the capture: the step runs as it is
+            self.outputs = self.fn()
+            return
+        now = _python_values(self.frozen)
+        _set_values(self.at_capture)
+        try:
+            results = self.fn()
+        finally:
+            _set_values(now)
+        for out, new in zip(self.outputs, results):
+            out[...] = new
 
 
 class CudaCapture:
@@ -102,8 +138,8 @@ class CudaCapture:
     def capture(self, fn):
         import minicolor.kernels as kernels
 
-        cupy, kept = self._cupy, []
-        with self.stream, cupy.cuda.using_allocator(self.pool.malloc), holding_arguments(kernels, kept):
+        cupy = self._cupy
+        with self.stream, cupy.cuda.using_allocator(self.pool.malloc), kernels.recording(run=True) as kept:
             self.stream.begin_capture()
             try:
                 outputs = fn()
@@ -121,7 +157,7 @@ class CudaCapture:
 class _CudaRecording:
     def __init__(self, graph, stream, outputs, kept):
         self.graph, self.stream, self.outputs = graph, stream, outputs
-        self.kept = kept  # the arguments of every kernel in the graph: alive as long as it is
+        self.kept = kept  # every Numba launch in the graph, with its arguments: alive as long as it is
 
     def replay(self):
         self.graph.launch(stream=self.stream)
@@ -131,42 +167,10 @@ class _CudaRecording:
         return self.graph.debug_dot_str().count("KERNEL")
 
 
-@contextlib.contextmanager
-def holding_arguments(kernels, kept):
-    """Within this block, every ``kernels.launch(kernel, grid, block, *args)`` also appends its
-    ``args`` to ``kept``. Every launcher goes through ``minicolor.kernels.launch`` (looked up on
-    the module at each call), so swapping it here for the capture sees them all."""
-    launch = kernels.launch
-
-    def keeping(kernel, grid, block, *args):
-        kept.append(args)
-        return launch(kernel, grid, block, *args)
-
-    kernels.launch = keeping
-    try:
-        yield kept
-    finally:
-        kernels.launch = launch
-
-
-def capture_for(device):
-    """The capture to use on ``device``: the real CUDA one, or the stand-in."""
-    return CudaCapture() if device == "cuda" else RecordedCapture()
-
-
-# --- the optimizer's step counter on the device --------------------------------------------------------
-def device_step_counter(optimizer, xp):
-    """Keep ``optimizer.t`` (if it has one) as a 0-d int64 array of ``xp``; return it.
-
-    Adam computes ``1 - beta ** t`` from it: with an array the result is an array too, read by
-    the update kernels on the device, and ``t += 1`` in ``Adam.step`` adds in place. Eager
-    steps keep working with it, so a run may switch between graph and eager at any step.
-    """
-    if not hasattr(optimizer, "t"):
-        return None
-    if not (hasattr(optimizer.t, "shape") and backend.get_array_module(optimizer.t) is xp):
-        optimizer.t = xp.asarray(int(backend.to_numpy(optimizer.t)), dtype=np.int64)
-    return optimizer.t
+def capture_for(device, frozen=()):
+    """The capture to use on ``device``: the real CUDA one, or the stand-in (which replays with
+    the Python values that the objects in ``frozen`` had at capture, as a real graph does)."""
+    return CudaCapture() if device == "cuda" else RecordedCapture(frozen)
 
 
 # --- the captured step ------------------------------------------------------------------------------
@@ -180,17 +184,24 @@ class StepGraph:
     next call if the value matters. The device is not synchronised: the host can prepare the
     next batch while the GPU runs this one.
 
+    ``refresh()``, if given, runs before every step, outside the graph (the optimizer's
+    ``refresh``: it copies the hyperparameters to the device). What it returns says which
+    branches the step's Python takes; when that changes, the step is warmed up and captured
+    again, since the graph holds the branches of its capture.
+
     Raises ShapeChanged for a batch that does not fit the buffers, GraphUnavailable when
     the capture fails (nothing of that step ran; the caller trains it eagerly).
     """
 
-    def __init__(self, step, capture, warmup=2):
+    def __init__(self, step, capture, warmup=2, refresh=None):
         if warmup < 1:
             raise ValueError(f"StepGraph needs at least one eager warm-up step, got warmup={warmup}")
-        self.step_fn, self.capturer, self.warmup = step, capture, warmup
+        self.step_fn, self.capturer, self.warmup, self.refresh = step, capture, warmup, refresh
         self.inputs = None  # the fixed input buffers
         self.recording = None  # the captured step, after warm-up
+        self.branches = None  # what refresh() returned at the capture
         self.calls = 0  # steps run through this object (eager warm-up ones included)
+        self.eager_calls = 0  # eager steps since the last (re)start: capture after ``warmup``
 
     @property
     def captured(self):
@@ -214,11 +225,15 @@ class StepGraph:
                 self.inputs = [_empty_like_on_device(b, self.capturer) for b in batch]
             for buffer, values in zip(self.inputs, batch):
                 copy_into(buffer, values)
-            if self.calls < self.warmup:
+            branches = self.refresh() if self.refresh is not None else None
+            if self.recording is not None and branches != self.branches:
+                self.recording, self.eager_calls = None, 0  # other branches: warm up, capture again
+            if self.eager_calls < self.warmup:
                 outputs = tuple(self.step_fn(*self.inputs))
+                self.eager_calls += 1
             else:
                 if self.recording is None:
-                    self.recording = self._capture()
+                    self.recording, self.branches = self._capture(), branches
                 self.recording.replay()
                 outputs = tuple(self.recording.outputs)
         self.calls += 1

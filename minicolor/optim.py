@@ -2,8 +2,21 @@
 
 Both follow PyTorch's formulas and defaults, so results can be compared line by line.
 The updates run under no_grad on the raw arrays (``p.data``), touching no graph.
+
+The hyperparameters (``lr`` and the others) are plain attributes: change ``opt.lr`` between steps
+for a schedule or a warm-up. The update itself does not read them as Python numbers, though: each
+step first copies them into a small float64 array on the parameters' device, ``opt.hyper``
+(``refresh``: only when they changed, so a normal step makes no transfer), and the update reads
+that array. On the CPU this changes nothing but where a number comes from. It matters for a
+CUDA graph (graph.py): a replay runs the recorded kernels and no Python, so a Python float
+would stay at its value of the capture step for ever, while an array on the device is read
+afresh by every replay; the graph calls ``refresh`` before each replay, outside the graph.
+A device number is rounded to the parameters' dtype once per step (``_coefficients``), exactly
+as NumPy and CuPy round a Python float when it meets an array, so both give the same bits.
 """
 import math
+
+import numpy as np
 
 from . import backend
 
@@ -16,15 +29,54 @@ class Optimizer:
         if lr <= 0:
             raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
         self.lr = lr
+        self.hyper = None  # the hyperparameters on the parameters' device (float64), see refresh
+        self._copied = None  # the values last copied into it
+
+    def hyperparameters(self):
+        """The numbers the update uses, as Python floats, in the order of ``self.hyper``."""
+        return (self.lr,)
+
+    def branches(self):
+        """Which optional terms of the update are on (a value zero or not): what the step's
+        Python ``if`` statements decide. A CUDA graph bakes in the branches it recorded, so it
+        is captured again when these change (graph.StepGraph)."""
+        return ()
+
+    def refresh(self):
+        """Copy the hyperparameters into ``self.hyper`` if they changed since the last copy, and
+        return ``branches()``. Every step calls it first; a CUDA graph calls it before every
+        replay (a replay runs no Python), on its stream but outside the graph."""
+        values = tuple(float(v) for v in self.hyperparameters())
+        if self.hyper is None:
+            xp = backend.get_array_module(self.params[0].data)
+            self.hyper = xp.asarray(values, dtype=xp.float64)
+        elif values != self._copied:
+            xp = backend.get_array_module(self.hyper)
+            self.hyper[...] = xp.asarray(values, dtype=xp.float64)  # in place: a graph holds its address
+        self._copied = values
+        return self.branches()
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None
 
     def step(self):
+        self.refresh()
+        self._constants, self._rounded = self._step_constants(), {}
         for i, p in enumerate(self.params):
             if p.grad is not None:
                 self.update(i, p.data, p.grad)
+
+    def _step_constants(self):
+        """The numbers of this step, float64 on the device: the hyperparameters themselves here."""
+        return self.hyper
+
+    def _coefficients(self, dtype):
+        """This step's constants as ``dtype`` values, rounded once per step and dtype (a Python
+        float meeting a ``dtype`` array is rounded the same way, so the bits are the same)."""
+        if dtype not in self._rounded:
+            self._rounded[dtype] = tuple(self._constants.astype(dtype))
+        return self._rounded[dtype]
 
     def update(self, i, param, grad):
         raise NotImplementedError
@@ -49,17 +101,24 @@ class SGD(Optimizer):
         self.momentum, self.weight_decay = momentum, weight_decay
         self.velocity = [None] * len(self.params)
 
+    def hyperparameters(self):
+        return (self.lr, self.momentum, self.weight_decay)
+
+    def branches(self):
+        return (self.momentum != 0, self.weight_decay != 0)
+
     def update(self, i, param, grad):
+        lr, momentum, weight_decay = self._coefficients(param.dtype)  # self.hyper, in param's dtype
         if self.weight_decay:
-            grad = grad + self.weight_decay * param
+            grad = grad + weight_decay * param
         if self.momentum:
             if self.velocity[i] is None:
                 self.velocity[i] = grad.copy()
             else:
-                self.velocity[i] *= self.momentum
+                self.velocity[i] *= momentum
                 self.velocity[i] += grad
             grad = self.velocity[i]
-        param -= self.lr * grad
+        param -= lr * grad
 
     def state_dict(self):
         return {f"velocity.{i}": backend.to_numpy(v) for i, v in enumerate(self.velocity) if v is not None}
@@ -68,6 +127,17 @@ class SGD(Optimizer):
         for i, p in enumerate(self.params):
             key = f"velocity.{i}"
             self.velocity[i] = backend.as_array(state[key], p.device) if key in state else None
+
+
+def _advance(count, hyper):
+    """kernels/adam.py's ``_advance`` in NumPy or CuPy: add one to the step number t (``count[0]``,
+    on the device) and return the step's constants, float64:
+    b1, 1 - b1, b2, 1 - b2, eps, weight decay, lr / (1 - b1^t), 1 - b2^t."""
+    xp = backend.get_array_module(count)
+    count += 1
+    t = count[0]
+    lr, b1, b2, eps, weight_decay = hyper
+    return xp.stack([b1, 1 - b1, b2, 1 - b2, eps, weight_decay, lr / (1 - b1**t), 1 - b2**t])
 
 
 class Adam(Optimizer):
@@ -80,73 +150,66 @@ class Adam(Optimizer):
     and "sim" devices (parameters all of one float dtype) the step runs kernels/adam.py
     instead: every parameter's ``.data`` becomes a view into one flat buffer, and one kernel
     updates them all (see ``FlatBuffers``). Both give the same numbers, to rounding.
+
+    The step number t lives on the device (``count``, as the hyperparameters do in ``hyper``),
+    and each step works out its constants there (``_advance``, or the fused kernel's own): a
+    CUDA graph's replay then uses the right bias correction every time.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        xp = backend.get_array_module(self.params[0].data)
+        self.count = xp.zeros(1, np.float64)  # the step number t, on the device (exact to 2^53)
         self.flat = FlatBuffers.for_params(self.params)
         if self.flat is None:
-            self._t = 0
             self.m = [_zeros_like(p.data) for p in self.params]
             self.v = [_zeros_like(p.data) for p in self.params]
         else:
             self.m, self.v = self.flat.views(self.flat.m), self.flat.views(self.flat.v)
 
+    def hyperparameters(self):
+        return (self.lr, *self.betas, self.eps, self.weight_decay)
+
+    def branches(self):
+        return (self.weight_decay != 0,)
+
     @property
     def t(self):
-        """The number of steps taken (on the fused path it lives on the device: reading it waits)."""
-        return self._t if self.flat is None else int(backend.to_numpy(self.flat.count)[0])
+        """The number of steps taken (it lives on the device: reading it waits for the GPU)."""
+        return int(backend.to_numpy(self.count)[0])
 
     @t.setter
     def t(self, value):
-        if self.flat is None:
-            self._t = value
-        else:
-            self.flat.count[...] = value
+        self.count[...] = value
 
     def step(self):
-        if self.flat is not None:
-            self.flat.step(self.params, (self.lr, *self.betas, self.eps, self.weight_decay))
+        if self.flat is None:
+            super().step()
             return
-        self.t += 1
-        b1, b2 = self.betas
-        self._step_size, self._bias2 = self.lr / (1 - b1**self.t), 1 - b2**self.t
-        self._rounded = {}
-        super().step()
+        self.refresh()
+        self.flat.step(self.params, self.count, self.hyper)
 
-    def _corrections(self, dtype):
-        """(lr / (1 - b1^t), 1 - b2^t) as they meet arrays of ``dtype``.
-
-        Python floats while t is a Python int. While t is a 0-d device array (the CUDA graph's
-        step counter, see graph.py) they are 0-d arrays computed on the device, rounded to
-        ``dtype`` once per step, just as NumPy and CuPy round a float when it meets an array:
-        so the graph's update is the eager update, to the bit.
-        """
-        if isinstance(self.t, int):
-            return self._step_size, self._bias2
-        if dtype not in self._rounded:
-            xp = backend.get_array_module(self.t)
-            self._rounded[dtype] = tuple(xp.asarray(c, dtype=dtype) for c in (self._step_size, self._bias2))
-        return self._rounded[dtype]
+    def _step_constants(self):
+        return _advance(self.count, self.hyper)
 
     def update(self, i, param, grad):
-        b1, b2 = self.betas
-        step_size, bias2 = self._corrections(param.dtype)
+        b1, one_minus_b1, b2, one_minus_b2, eps, weight_decay, step_size, bias2 = \
+            self._coefficients(param.dtype)  # lr / (1 - b1^t) and 1 - b2^t among them
         if self.weight_decay:
-            grad = grad + self.weight_decay * param
+            grad = grad + weight_decay * param
         m, v = self.m[i], self.v[i]
         m *= b1
-        m += (1 - b1) * grad
+        m += one_minus_b1 * grad
         v *= b2
-        v += (1 - b2) * (grad * grad)
+        v += one_minus_b2 * (grad * grad)
         xp = backend.get_array_module(param)
         denom = xp.sqrt(v / bias2)
-        denom += self.eps
+        denom += eps
         param -= step_size * m / denom
 
     def state_dict(self):
-        state = {"t": backend.to_numpy(self.t)}
+        state = {"t": np.asarray(self.t)}
         for i in range(len(self.params)):
             state[f"m.{i}"] = backend.to_numpy(self.m[i])
             state[f"v.{i}"] = backend.to_numpy(self.v[i])
@@ -171,8 +234,8 @@ class FlatBuffers:
 
     Parameter i occupies ``param[offsets[i]:offsets[i] + size_i]``, its ``.data`` a view of that
     slice; offsets are rounded up to ALIGN elements, and the gaps stay zero in every buffer (a
-    zero gradient leaves a zero parameter where it is). The step number ``count`` and the
-    hyperparameters ``hyper`` are small device arrays, so a captured CUDA graph sees them.
+    zero gradient leaves a zero parameter where it is). ``coef`` holds the step's constants in
+    the parameters' dtype, worked out on the device by the first kernel of each step.
     """
 
     ALIGN = 64  # elements: each parameter starts on a 256-byte boundary (float32)
@@ -192,7 +255,7 @@ class FlatBuffers:
     def __init__(self, params, dtype):
         from .kernels import adam as kernel
 
-        self.kernel, self.device = kernel, params[0].device
+        self.kernel = kernel
         xp = backend.get_array_module(params[0].data)
         self.offsets, total = [], 0
         for p in params:
@@ -206,21 +269,16 @@ class FlatBuffers:
         for p, view in zip(params, self.param_views):
             view[...] = p.data
             p.data = view
-        self.count = xp.zeros(1, xp.float64)  # the step number t
-        self.hyper = xp.zeros(kernel.HYPER_SIZE, xp.float64)
         self.coef = xp.zeros(kernel.COEF_SIZE, dtype)
-        self.hyper_values = None
 
     def views(self, flat):
         """One view of ``flat`` per parameter, in the parameter's shape."""
         return [flat[a:a + math.prod(shape)].reshape(shape)
                 for a, shape in zip(self.offsets, self.shapes)]
 
-    def step(self, params, hyper):
-        """One Adam step of every parameter that has a gradient; ``hyper`` = (lr, b1, b2, eps, wd)."""
-        if hyper != self.hyper_values:  # only when they change: no transfer in a normal step
-            self.hyper[...] = backend.as_array(hyper, self.device, "float64")
-            self.hyper_values = hyper
+    def step(self, params, count, hyper):
+        """One Adam step of every parameter that has a gradient: ``count`` holds t (advanced
+        here), ``hyper`` (lr, b1, b2, eps, weight decay), both float64 on the device."""
         with_grad = []
         for i, (p, view, grad_view) in enumerate(zip(params, self.param_views, self.grad_views)):
             if p.data is not view:  # someone replaced .data (e.g. p.data = ...): take it back in
@@ -229,7 +287,7 @@ class FlatBuffers:
             if p.grad is not None:
                 grad_view[...] = p.grad  # the one copy per parameter: gradients arrive separately
                 with_grad.append(i)
-        self.kernel.advance(self.count, self.hyper, self.coef)
+        self.kernel.advance(count, hyper, self.coef)
         for first, last in _runs(with_grad):  # all of them, usually: one launch
             a, b = self.offsets[first], self.offsets[last + 1]
             self.kernel.update(self.param[a:b], self.grad[a:b], self.m[a:b], self.v[a:b], self.coef)

@@ -135,9 +135,9 @@ class Trainer:
         step must run eagerly."""
         x, y = self._inputs(l, ab)
         if self._graph is None:
-            xp = backend.get_array_module(self.model.parameters()[0].data)
-            step_graph.device_step_counter(self.optimizer, xp)
-            self._graph = step_graph.StepGraph(self._captured_step, step_graph.capture_for(self.device))
+            layers = [module for _, module in self.model.named_modules()]
+            capture = step_graph.capture_for(self.device, frozen=[self.optimizer, *layers])
+            self._graph = step_graph.StepGraph(self._captured_step, capture, refresh=self.optimizer.refresh)
         try:
             outputs = self._graph(x, y)
         except step_graph.ShapeChanged:

@@ -207,11 +207,11 @@ def test_one_kernel_and_two_kernels_agree_bit_for_bit(rng, relu, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("limit, per_layer", [(k_batchnorm.ONE_KERNEL_MAX, 2), (0, 4)])
+@pytest.mark.parametrize("limit, per_layer", [(k_batchnorm.ONE_KERNEL_MAX, 2), (0, 6)])
 def test_launches_per_network_step(limit, per_layer, monkeypatch):
     """One training step of the network: 2 batchnorm launches per batchnorm (small channels:
-    one kernel per pass) or 4, each with the ReLU before it fused in, and 2 for Adam (recorded,
-    not run: the count does not depend on the data)."""
+    one kernel per pass) or 6 (chunks, their merge, elementwise; each way), each with the ReLU
+    before it fused in, and 2 for Adam (recorded, not run: the count does not depend on the data)."""
     from minicolor.kernels import adam as k_adam
     from minicolor.models import ColorizationNet
 
@@ -229,8 +229,8 @@ def test_launches_per_network_step(limit, per_layer, monkeypatch):
     batchnorm = [(kernel, args) for kernel, _, _, args in launches
                  if kernel.__module__ == k_batchnorm.__name__]
     assert len(batchnorm) == per_layer * 7
-    forward = [args for kernel, args in batchnorm
-               if kernel in (k_batchnorm._stats, k_batchnorm._channel_forward)]
-    assert [args[8] for args in forward] == [True] * 7  # relu=True: every batchnorm follows a ReLU
+    relu = [args[8] if kernel is k_batchnorm._channel_forward else args[1] for kernel, args in batchnorm
+            if kernel in (k_batchnorm._chunk_stats, k_batchnorm._channel_forward)]
+    assert relu == [True] * 7  # relu=True: every batchnorm follows a ReLU
     assert [k for k, *_ in launches if k in (k_adam._advance, k_adam._update)] == [k_adam._advance,
                                                                                    k_adam._update]

@@ -4,7 +4,7 @@ Skipped where no GPU is usable (and in a process where the simulator is enabled:
 file in its own pytest process on a GPU machine). tests/test_graph.py tests the bookkeeping
 around the capture on any machine; here the capture itself: every kernel of the step (Numba
 and CuPy) must be inside the graph, on memory that stays valid, with Adam's step counter
-advancing on the device. The eager and the captured run see the same batches; their losses,
+advancing on the device and an lr changed after the capture reaching the replays. The eager and the captured run see the same batches; their losses,
 weights, batchnorm statistics and Adam moments must agree.
 """
 import numpy as np
@@ -65,6 +65,24 @@ def test_graph_steps_equal_eager_steps(tmp_path, width, size, batch):
     assert max_difference(model_a, model_b) < 1e-5, "weights differ"
     optim_a, optim_b = eager.optimizer.state_dict(), captured.optimizer.state_dict()
     assert max_difference(optim_a, optim_b) < 1e-5, "Adam's state differs"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_an_lr_change_after_the_capture_reaches_the_replays(tmp_path, optimizer):
+    trainers = []
+    for graph in (False, None):
+        trainer = Trainer(ColorizationNet(4, seed=1), Photos(5, 32), lr=1e-3, batch_size=2,
+                          optimizer=optimizer, device="cuda", graph=graph, log_every=1,
+                          progress=False, out_dir=tmp_path / f"{optimizer}-{graph}")
+        trainer.fit(4)  # warm-up, capture at step 3, one replay
+        trainer.optimizer.lr = 2e-4  # a schedule's next value
+        trainer.fit(8)
+        trainers.append(trainer)
+    eager, captured = trainers
+    assert captured.graph_captured, captured.graph_off
+    np.testing.assert_allclose([v for _, v in captured.history["train"]],
+                               [v for _, v in eager.history["train"]], rtol=1e-5)
+    assert max_difference(eager.model.state_dict(), captured.model.state_dict()) < 1e-5
 
 
 def test_a_replay_launches_nothing_from_python(tmp_path):

@@ -192,7 +192,7 @@ def test_every_kernel_in_the_sources_is_found(tmp_path):
     assert kr.defined_kernels(tmp_path) == {("op", "plain"), ("op", "factory.<locals>.kernel")}
     found = kr.defined_kernels()  # the real kernels/
     assert {("conv2d", "_gather_gemm.<locals>.gather_gemm"), ("conv2d", "_weight_gemm.<locals>.weight_gemm"),
-            ("conv2d", "conv2d_naive"), ("batchnorm", "_stats"), ("mse", "_forward"),
+            ("conv2d", "conv2d_naive"), ("batchnorm", "_chunk_stats"), ("mse", "_forward"),
             ("upsample", "_backward")} <= found
 
 
@@ -229,7 +229,7 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
     conv = [f"conv2d.{kernel}.{tile}.{dtype}" for kernel in ("gather_gemm", "weight_gemm")
             for dtype, wide in (("float32", "128x128"), ("float64", "64x64"))
             for tile in (wide, "32x128", "32x32")]
-    others = [f"{name}.{dtype}" for name in ("conv2d.conv2d_naive", "batchnorm._stats", "upsample._backward",
+    others = [f"{name}.{dtype}" for name in ("conv2d.conv2d_naive", "batchnorm._chunk_stats", "upsample._backward",
                                              "mse._forward") for dtype in ("float32", "float64")]
     for stem in conv + others:
         for suffix in (".ptx", ".cubin"):

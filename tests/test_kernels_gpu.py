@@ -199,7 +199,7 @@ def _bn_launch_args(rng, shape=(2, 8, 256)):
 
 @pytest.mark.parametrize("one_kernel", [True, False])
 def test_fast_launch_matches_numbas_launch(one_kernel, monkeypatch):
-    """The same kernels through kernels/launcher.py and through kernel[grid, block, stream]:
+    """The same kernels through kernels/_launch.py and through kernel[grid, block, stream]:
     bit-identical results, and the fast path really taken (a cached specialisation)."""
     monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", 10**9 if one_kernel else 0)
     rng = cupy.random.default_rng(7)
@@ -216,12 +216,58 @@ def test_fast_launch_matches_numbas_launch(one_kernel, monkeypatch):
         results[fast] = [a.get() for a in (y, xhat, inv_std, rm, rv, gx, gw, gb, loss, diff)]
     for ours, plain in zip(results[True], results[False]):
         np.testing.assert_array_equal(ours, plain)
-    launcher = kernels._gpu[0]
+    launcher = kernels._fast
     assert launcher.enabled
     taken = {kernel for (kernel, _), entry in launcher.entries.items() if entry}
     used = ([k_batchnorm._channel_forward, k_batchnorm._channel_backward] if one_kernel else
-            [k_batchnorm._stats, k_batchnorm._normalize, k_batchnorm._grad_sums, k_batchnorm._grad_input])
+            [k_batchnorm._chunk_stats, k_batchnorm._combine_stats, k_batchnorm._normalize,
+             k_batchnorm._chunk_grad_sums, k_batchnorm._combine_sums, k_batchnorm._grad_input])
     assert set(used + [k_mse._forward]) <= taken
+
+
+STICKY = """
+import warnings
+import cupy
+from numba import cuda
+import minicolor.kernels as kernels
+
+@cuda.jit
+def poke(a, where):
+    a[where] = 1.0
+
+a = cupy.zeros(4, cupy.float32)
+for _ in range(2):  # compiled, then on the fast path
+    kernels.launch(poke, 1, 1, a, 0)
+cupy.cuda.get_current_stream().synchronize()
+print("fast path:", bool(kernels._fast))
+warnings.simplefilter("error")  # a "fast launch path failed" warning would end the script
+kernels.launch(poke, 1, 1, a, 1 << 40)  # far outside any allocation: an illegal address
+try:
+    cupy.cuda.get_current_stream().synchronize()
+except Exception as exc:
+    print("sync:", type(exc).__name__)
+try:
+    kernels.launch(poke, 1, 1, a, 0)
+    cupy.cuda.get_current_stream().synchronize()
+    print("no error")
+except Exception as exc:
+    print("error:", type(exc).__module__, type(exc).__name__, exc)
+"""
+
+
+def test_a_sticky_cuda_error_surfaces_as_an_error(tmp_path):
+    """After an illegal address, every launch fails: the fast path must raise that CUDA error,
+    not warn "fast launch path failed" and retry (in a process of its own: the context dies)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "sticky.py"
+    script.write_text(STICKY)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert "fast path: True" in out, out
+    assert "error:" in out and "ILLEGAL" in out.split("error:")[-1].upper(), out
+    assert "fast launch path failed" not in out and "Warning" not in out, out
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -284,10 +330,16 @@ def test_relu_batchnorm_on_network_shapes(shape):
     assert relative_error(y, y_ref) < 1e-4
     assert relative_error(rv, rv64) < 1e-4
     gy = rng.standard_normal(shape, dtype=cupy.float32)
-    for ours, ref in zip(k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x),
-                         r_batchnorm.backward(gy.astype(cupy.float64), xhat_ref, inv_ref, w64, True,
-                                              relu_input=x64)):
+    grads = k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x)
+    for ours, ref in zip(grads, r_batchnorm.backward(gy.astype(cupy.float64), xhat_ref, inv_ref, w64,
+                                                     True, relu_input=x64)):
         assert relative_error(ours, ref) < 1e-4
+    # the chunks' partial results are merged in a fixed order: a second run gives the same bits
+    again = k_batchnorm.forward(x, weight, bias, rm.copy(), rv.copy(), True, 0.1, 1e-5, relu=True)
+    for a, b in zip((y, xhat, inv_std), again):
+        np.testing.assert_array_equal(a.get(), b.get())
+    for a, b in zip(grads, k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x)):
+        np.testing.assert_array_equal(a.get(), b.get())
 
 
 @pytest.mark.parametrize("shape", [(1, 32, 56, 56), (1, 128, 28, 28)])

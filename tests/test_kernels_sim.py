@@ -144,6 +144,114 @@ def test_batchnorm_kernels_match_reference(rng, shape, training):
         np.testing.assert_allclose(ours, ref, atol=1e-12)
 
 
+# Shapes of several chunks per channel (CHUNK is 512 values in the simulator), with a short last
+# chunk and chunk boundaries in the middle of a plane: m = 720 (512 + 208), 1,197 (512 + 512 + 173).
+CHUNKED = [(2, 2, 18, 20), (3, 1, 19, 21)]
+TOLERANCE = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-11)}
+
+
+def batchnorm_case(rng, shape, dtype):
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    parameters = [rng.standard_normal(c).astype(dtype) for _ in range(2)]
+    running = [rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)]
+    return x, parameters, running, rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("one_kernel", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", CHUNKED)
+def test_batchnorm_in_chunks_matches_reference(rng, shape, dtype, relu, one_kernel, monkeypatch):
+    """Channels reduced in several chunks: by one block per chunk and a merge (the default for
+    these sizes), or chunk after chunk in one block per channel."""
+    monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", 10**9 if one_kernel else 0)
+    assert k_batchnorm._chunks(shape[0] * shape[2] * shape[3]) >= 2
+    x, (weight, bias), running, gy = batchnorm_case(rng, shape, dtype)
+    ours_running = [r.copy() for r in running]
+    y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, *ours_running, True, 0.1, 1e-5, relu=relu)
+    ref = r_batchnorm.forward(x, weight, bias, *running, True, 0.1, 1e-5, relu=relu)
+    for ours, theirs in zip([y, xhat, inv_std, *ours_running], [*ref, *running]):
+        assert ours.dtype == dtype
+        np.testing.assert_allclose(ours, theirs, **TOLERANCE[dtype])
+    grads = k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x if relu else None)
+    ref_grads = r_batchnorm.backward(gy, ref[1], ref[2], weight, True, relu_input=x if relu else None)
+    for ours, theirs in zip(grads, ref_grads):
+        scale = max(1.0, float(np.abs(theirs).max()))
+        np.testing.assert_allclose(ours / scale, theirs / scale, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("shape", CHUNKED)
+def test_batchnorm_split_and_one_kernel_agree_bit_for_bit(rng, shape, monkeypatch):
+    """The chunks are merged in the same order with the same formulas either way, so the
+    results do not depend on the way (nor, on a GPU, on how many blocks run at once)."""
+    x, (weight, bias), _, gy = batchnorm_case(rng, shape, np.float32)
+    results = []
+    for limit in (0, 10**9, 0):  # split, one kernel, split again
+        monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", limit)
+        running = [np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)]
+        y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, *running, True, 0.1, 1e-5, relu=True)
+        grads = k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x)
+        results.append([y, xhat, inv_std, *running, *grads])
+    for a, b, c in zip(*results):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def exact_channels(rng, shape, centres):
+    """float32 values whose sums are exact in float32 and float64 alike: multiples of 0.5,
+    in pairs around each channel's centre (so its mean is the centre, deviations are small)."""
+    n, c, h, w = shape
+    half = rng.integers(-6, 7, (c, n * h * w // 2)) / 2
+    values = np.concatenate([half, -half], axis=1) + np.asarray(centres)[:, None]
+    values = rng.permuted(values, axis=1)
+    return np.ascontiguousarray(values.reshape(c, n, h, w).transpose(1, 0, 2, 3), np.float32)
+
+
+@pytest.mark.parametrize("one_kernel", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 8), (2, 3, 16, 32)])
+def test_batchnorm_rounds_as_the_reference_does(rng, shape, one_kernel, monkeypatch):
+    """Where the sums are exact (so the float64 sums of the kernels and NumPy's float32 ones
+    agree), every result is the reference's to the bit: inv_std, the running estimates, xhat, y
+    in float32 arithmetic with eps and momentum rounded to float32, as the reference rounds
+    them; and gx is the reference's formula in float32 on the kernel's own sums."""
+    monkeypatch.setattr(k_batchnorm, "ONE_KERNEL_MAX", 10**9 if one_kernel else 0)
+    x = exact_channels(rng, shape, [3.5, 7.0, -20.0])  # the last channel: all zero after the ReLU
+    c, m = shape[1], shape[0] * shape[2] * shape[3]
+    weight, bias = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    running = [rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)]
+    ours_running = [r.copy() for r in running]
+    y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, *ours_running, True, 0.1, 1e-5, relu=True)
+    ref = r_batchnorm.forward(x, weight, bias, *running, True, 0.1, 1e-5, relu=True)
+    for name, ours, theirs in zip(["y", "xhat", "inv_std", "running_mean", "running_var"],
+                                  [y, xhat, inv_std, *ours_running], [*ref, *running]):
+        np.testing.assert_array_equal(ours, theirs, err_msg=name)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    gx, gweight, gbias = k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x)
+    per_channel = lambda v: v.reshape(1, -1, 1, 1)  # noqa: E731
+    expected = (gy - per_channel(gbias / m) - xhat * per_channel(gweight / m)) * per_channel(inv_std * weight)
+    np.testing.assert_array_equal(gx, expected * (x > 0))
+    _, ref_gweight, ref_gbias = r_batchnorm.backward(gy, ref[1], ref[2], weight, True, relu_input=x)
+    np.testing.assert_allclose(gweight, ref_gweight, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gbias, ref_gbias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 3, 5), CHUNKED[0]])
+def test_fused_relu_turns_minus_infinity_into_zero(rng, shape):
+    """relu(-inf) = 0, as np.maximum gives; ``value -= value`` made it NaN (-inf - -inf)."""
+    x, (weight, bias), running, gy = batchnorm_case(rng, shape, np.float32)
+    x[0, 0, 0, :2] = -np.inf
+    x[-1, -1, -1, -1] = -np.inf
+    ours_running = [r.copy() for r in running]
+    y, xhat, inv_std = k_batchnorm.forward(x, weight, bias, *ours_running, True, 0.1, 1e-5, relu=True)
+    ref = r_batchnorm.forward(x, weight, bias, *running, True, 0.1, 1e-5, relu=True)
+    assert np.isfinite(y).all() and np.isfinite(ours_running[1]).all()
+    for ours, theirs in zip([y, xhat, inv_std, *ours_running], [*ref, *running]):
+        np.testing.assert_allclose(ours, theirs, **TOLERANCE[np.float32])
+    gx, _, _ = k_batchnorm.backward(gy, xhat, inv_std, weight, True, relu_input=x)
+    assert (gx[np.isneginf(x)] == 0).all() and np.isfinite(gx).all()
+
+
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
 @pytest.mark.parametrize("shape, scale", [((2, 2, 3, 4), 2), ((1, 1, 2, 3), 4), ((1, 1, 1, 1), 3)])
 def test_upsample_kernels_match_reference(rng, shape, scale, mode):
