@@ -90,7 +90,7 @@ CPU_LOSSES = {100: 26.20, 200: 25.35, 400: 25.31}
 # Nsight Compute: a few metrics (each costs replay passes), read per kernel.
 NCU_METRICS = ["gpu__time_duration.sum", "sm__throughput.avg.pct_of_peak_sustained_elapsed",
                "dram__throughput.avg.pct_of_peak_sustained_elapsed", "smsp__inst_executed.sum",
-               "sm__sass_thread_inst_executed_op_ffma_pred_on.sum", "launch__registers_per_thread",
+               "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum", "launch__registers_per_thread",
                "launch__grid_size", "sm__warps_active.avg.pct_of_peak_sustained_active"]
 
 # Where a CUDA toolkit keeps compute-sanitizer and ncu, besides the PATH (newest first).
@@ -119,6 +119,66 @@ def pinned_versions():
     text = (ROOT / "pyproject.toml").read_text()
     extra = re.search(r"^cuda\s*=\s*\[(.*)\]\s*$", text, re.M)  # the extra is one line
     return dict(re.findall(r'"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^"]+)"', extra.group(1) if extra else ""))
+
+
+def wheel_package(path):
+    """(name, version) of a wheel file, the name as pip spells it (numba_cuda -> numba-cuda)."""
+    name, version = Path(path).name.split("-")[:2]
+    return name.replace("_", "-").lower(), version
+
+
+def wheel_requirements(path):
+    """The Requires-Dist lines of a wheel that apply without extras, as packaging Requirements."""
+    import zipfile
+
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(path) as wheel:
+        metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = wheel.read(metadata).decode().splitlines()
+    requirements = [Requirement(line.split(":", 1)[1]) for line in lines if line.startswith("Requires-Dist:")]
+    return [req for req in requirements if req.marker is None or req.marker.evaluate({"extra": ""})]
+
+
+def choose_wheels(wheels, pins, installed):
+    """(the wheels to install, notes): the wheel of each pinned package whose installed version
+    differs from its pin, and of what those wheels need that the machine lacks or has too old
+    (cuda-core 1.2.2 needs cuda-pathfinder >= 1.4.2, say). ``installed(name)`` is a version or None."""
+    available = {wheel_package(w)[0]: w for w in wheels}
+    chosen, notes = [], []
+    for name, pin in pins.items():
+        if installed(name) == pin:
+            continue
+        if name in available and wheel_package(available[name])[1] == pin:
+            chosen.append(available[name])
+        else:
+            notes.append(f"no wheel of {name} {pin} in wheels/")
+    try:
+        needs = {wheel: wheel_requirements(wheel) for wheel in chosen}
+    except ImportError:
+        return chosen, notes + ["packaging is not installed: what the wheels need was not checked"]
+    for wheel, requirements in needs.items():
+        for req in requirements:
+            name, have = req.name.replace("_", "-").lower(), installed(req.name)
+            if have is not None and req.specifier.contains(have, prereleases=True):
+                continue
+            extra = available.get(name)
+            if extra is not None and req.specifier.contains(wheel_package(extra)[1], prereleases=True):
+                if extra not in chosen:
+                    chosen.append(extra)
+            else:
+                notes.append(f"{' '.join(wheel_package(wheel))} needs {req}; the machine has "
+                             f"{have or 'none'} and wheels/ no match")
+    return chosen, notes
+
+
+def installed_version(name):
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # --- running a stage ---------------------------------------------------------------------------------
@@ -298,12 +358,12 @@ def overfit_losses(folder):
 class Check:
     """The stages, in order, and what they found (``self.results``)."""
 
-    def __init__(self, out, dry_run, budget):
-        self.out, self.dry = Path(out).resolve(), dry_run
+    def __init__(self, out, dry_run, budget, only=None):
+        self.out, self.dry, self.only = Path(out).resolve(), dry_run, only
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix="minicolor-gpu-check-"))
         self.python = sys.executable
-        env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg",
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", PIP_DISABLE_PIP_VERSION_CHECK="1",
                    NUMBA_CACHE_DIR=str(self.work / "numba-cache"),
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         env.pop("NUMBA_ENABLE_CUDASIM", None)  # set per stage below (dry run)
@@ -361,15 +421,18 @@ class Check:
         self.note_versions(r["probe"].get("versions", {}))
         self.save()
         wheels = sorted(ROOT.glob("wheels/*.whl"))
-        r["wheels"] = [w.name for w in wheels]
+        chosen, notes = choose_wheels(wheels, r["pins"], installed_version)
+        r["wheels"] = {"carried": [w.name for w in wheels], "installed": [w.name for w in chosen], "notes": notes}
         commands = []
-        if r["differ"] and wheels:
+        if chosen:
             commands.append([self.python, "-m", "pip", "install", "--no-index", "--no-deps",
-                             "--force-reinstall", *wheels])
+                             "--force-reinstall", *chosen])
         commands += [[self.python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", ROOT],
                      self.cases("probe", "--versions-only")]
         if self.dry:
-            self.runner.skip("install", "dry run: nothing installed; the checkout runs from PYTHONPATH")
+            r["wheels"]["installed"] = []
+            self.runner.skip("install", "dry run: nothing installed; the checkout runs from PYTHONPATH"
+                             + (f" (would install {', '.join(w.name for w in chosen)})" if chosen else ""))
         else:
             (install,) = run(Stage("install", commands))
             versions = result_line(read_log(install)).get("versions")
@@ -448,6 +511,9 @@ class Check:
 
     def run_stages(self, stages, side_by_side):
         """Run the stages, read what each found into ``results``, save the summary."""
+        for stage in [stage for stage in stages if self.only and stage.name not in self.only]:
+            self.runner.skip(stage.name, "not among --only")
+            stages.remove(stage)
         for group in ([stages] if side_by_side else [[stage] for stage in stages]):
             self.runner.run(*group)
             for stage in group:
@@ -492,19 +558,26 @@ class Check:
         write(self.out / "summary.md", summary(self.results))
 
     def finish(self):
-        self.save()
+        """The summary and the tar of the logs (the tar even if the summary fails)."""
+        try:
+            self.save()
+        finally:
+            self.pack()
+            shutil.rmtree(self.work, ignore_errors=True)
+        # the targets and the stages last on stdout: the device tool returns the output's tail
+        text = (self.out / "summary.md").read_text()
+        print(text.split("\n## The machine", 1)[0])
+
+    def pack(self):
         tar = self.out / "gpu-check-logs.tar.gz"
         kept = [p for p in sorted(self.work.rglob("*")) if p.is_file() and "numba-cache" not in p.parts]
-        with tarfile.open(tar, "w:gz") as archive:
-            for path in kept:
-                archive.add(path, arcname=str(Path("gpu-check") / path.relative_to(self.work)))
-        if tar.stat().st_size > 15 * 2**20:  # the device tool brings back files of up to 16 MiB
+        for skip in ((), (".png",)):  # the device tool brings back files of up to 16 MiB
             with tarfile.open(tar, "w:gz") as archive:
                 for path in kept:
-                    if path.suffix != ".png":
+                    if path.suffix not in skip:
                         archive.add(path, arcname=str(Path("gpu-check") / path.relative_to(self.work)))
-        shutil.rmtree(self.work, ignore_errors=True)
-        print((self.out / "summary.md").read_text())
+            if tar.stat().st_size < 15 * 2**20:
+                break
 
 
 def write(path, text):
@@ -524,8 +597,11 @@ def main(argv=None):
                              "else gpu-results)")
     parser.add_argument("--budget", type=int, default=BUDGET_S,
                         help=f"seconds for the whole check (default {BUDGET_S})")
+    parser.add_argument("--only", nargs="+", metavar="STAGE", choices=list(LIMITS)[2:],
+                        help="after probe and install, run only these stages (to redo a few in "
+                             "the device time left)")
     args = parser.parse_args(argv)
-    Check(args.out, args.dry_run, args.budget).run()
+    Check(args.out, args.dry_run, args.budget, args.only).run()
     return 0
 
 

@@ -71,8 +71,9 @@ def probe(args):
     found = versions()
     for name, version in found.items():
         print(f"{name:16s} {version or 'not installed'}")
+    result(versions=found)  # read even if what follows fails
     if args.versions_only:
-        return result(versions=found)
+        return 0
     from minicolor.backend import patch_numpy_for_numba
 
     patch_numpy_for_numba()  # numba-cuda 0.30 on NumPy 2.5 (see minicolor/backend.py)

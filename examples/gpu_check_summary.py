@@ -6,6 +6,7 @@ figures come from. A target is "met" or "not met" only from a measurement on a G
 stage did not run, failed, or this is a dry run, it is "not run (why)". In a dry run the figure
 column still shows what the CPU run parsed, marked as such: it proves the parsing, not the GPU.
 """
+import re
 
 # (key, target as the summary states it, evaluator). An evaluator takes the results and returns
 # (met: True / False / None for not run, figure, why not run).
@@ -281,10 +282,18 @@ def summary(r):
     lines.append("- versions: " + (", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()) or "-"))
     lines.append("- pinned for the fast launch path (pyproject.toml, cuda extra): "
                  + ", ".join(f"{k} {v}" for k, v in (r.get("pins") or {}).items()))
-    lines.append(f"- wheels carried in wheels/: {', '.join(r.get('wheels') or []) or 'none'}")
+    wheels = r.get("wheels") or {}
+    lines.append(f"- wheels carried in wheels/: {', '.join(wheels.get('carried') or []) or 'none'}; installed: "
+                 f"{', '.join(wheels.get('installed') or []) or 'none'}"
+                 + "".join(f"; {note}" for note in wheels.get("notes") or []))
     for tool, path in (r.get("tools") or {}).items():
         lines.append(f"- {tool}: {path or 'not found'}")
-    lines += _compiling(r) + _tests(r) + _profiles(r) + _overfit_table(r) + _bench_tables(r) + _ncu_table(r)
+    for section in (_compiling, _tests, _profiles, _overfit_table, _bench_tables, _ncu_table):
+        try:
+            lines += section(r)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # results of another shape
+            lines += ["", f"({section.__name__.strip('_')}: could not be shown: {type(exc).__name__}: {exc}; "
+                          "see results.json)"]
     return "\n".join(lines) + "\n"
 
 
@@ -390,6 +399,13 @@ def _bench_tables(r):
     return lines
 
 
+def _short(kernel):
+    """A kernel's name without its argument types, template or ABI tag and namespaces:
+    'minicolor::...::<locals>::gather_gemm[abi:...](Array<float, ...>)' -> 'gather_gemm'."""
+    name = re.sub(r"\[.*$", "", kernel.split("(")[0])
+    return name.split("::")[-1][:60] or kernel[:60]
+
+
 def _ncu_table(r):
     ncu = r.get("ncu")
     if not ncu:
@@ -410,9 +426,9 @@ def _ncu_table(r):
             time /= 1e6
         elif time is not None and units.get("gpu__time_duration.sum") in ("us", "usecond"):
             time /= 1e3
-        ffma = m.get("sm__sass_thread_inst_executed_op_ffma_pred_on.sum")
+        ffma = m.get("smsp__sass_thread_inst_executed_op_ffma_pred_on.sum")
         per_fma = (m["smsp__inst_executed.sum"] / (ffma / 32)) if ffma and "smsp__inst_executed.sum" in m else None
-        rows.append((k["name"][:60], "x".join(map(str, k["grid"])), "x".join(map(str, k["block"])),
+        rows.append((_short(k["name"]), "x".join(map(str, k["grid"])), "x".join(map(str, k["block"])),
                      f"{time:.3f}" if time is not None else "-",
                      *(f"{m[name]:.0f}" if name in m else "-" for name in
                        ("sm__throughput.avg.pct_of_peak_sustained_elapsed",
