@@ -17,7 +17,8 @@ ran. The stages:
                    pip install --no-deps --no-build-isolation -e .
     -- in parallel (correctness: their timings do not count) --
     kernels        every kernel on tiny cases, twice: the first round compiles (its time is the
-                   compile time), and fills Numba's cache (NUMBA_CACHE_DIR, shared by all stages)
+                   compile time) and fills Numba's on-disk cache for the kernels that use it
+                   (cache=True), in NUMBA_CACHE_DIR, which every stage shares
     gpu-tests      tests/test_*_gpu.py: every kernel against the NumPy reference, the fast
                    launch path against Numba's launch, the CUDA graph against eager steps
     memcheck       compute-sanitizer --tool memcheck on the kernels stage's tiny cases

@@ -369,7 +369,7 @@ def fake(args):
     raise SystemExit(f"no stand-in for {args.tool}")
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -398,7 +398,11 @@ def main(argv=None):
     p.add_argument("tool", choices=["nvidia-smi", "compute-sanitizer", "ncu"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(run=fake)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if simulator():
         sys.setswitchinterval(5e-5)  # the simulator runs a Python thread per CUDA thread
     return args.run(args) or 0

@@ -244,3 +244,31 @@ def test_wheels_install_what_differs_from_the_pins_and_what_it_needs(tmp_path):
     assert notes == ["no wheel of numba-cuda 0.30.4 in wheels/",
                      "cuda-core 1.2.2 needs cuda-pathfinder>=1.4.2; the machine has none and wheels/ no match",
                      "cuda-core 1.2.2 needs numpy; the machine has none and wheels/ no match"]
+
+
+def test_the_gpu_runs_commands_are_ones_the_programs_accept(monkeypatch):
+    """The stages of a real run (not run here: no GPU) call minicolor and gpu_check_cases.py
+    with options both accept, and the GPU tools where they were found."""
+    from minicolor import cli
+
+    monkeypatch.setattr(gpu_check, "find_tool", lambda name: f"/opt/cuda/bin/{name}")
+    check = gpu_check.Check(gpu_check.tempfile.mkdtemp(), dry_run=False, budget=450)
+    try:
+        stages = {s.name: s.command for s in check.parallel_stages() + check.timed_stages()}
+    finally:
+        gpu_check.shutil.rmtree(check.work)
+    assert set(stages) == set(gpu_check.LIMITS) - {"probe", "install"}
+    for name, command in stages.items():
+        command = [str(part) for part in command]
+        if "-m" in command and command[command.index("-m") + 1] == "minicolor.cli":
+            args = cli.build_parser().parse_args(command[command.index("-m") + 2:])
+            assert getattr(args, "device", "cuda") == "cuda", name
+        elif str(gpu_check.CASES) in command:
+            gpu_check_cases.build_parser().parse_args(command[command.index(str(gpu_check.CASES)) + 1:])
+        else:
+            assert name == "gpu-tests" and "tests/test_kernels_gpu.py" in command
+    assert stages["memcheck"][:3] == ["/opt/cuda/bin/compute-sanitizer", "--tool", "memcheck"]
+    assert stages["ncu"][0] == "/opt/cuda/bin/ncu" and "--profile-from-start" in stages["ncu"]
+    bench = [str(part) for part in stages["bench"]]
+    assert bench[bench.index("--widths") + 1:bench.index("--widths") + 3] == ["16", "64"]
+    assert "--overfit-steps" in bench and bench[bench.index("--overfit-steps") + 1] == "400"
