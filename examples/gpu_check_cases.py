@@ -14,6 +14,7 @@ gpu_check.py) with NumPy arrays and tiny sizes: it checks this script, never the
 """
 import argparse
 import ast
+import collections
 import importlib
 import importlib.metadata
 import json
@@ -184,28 +185,32 @@ def find_launcher_module():
 
 
 class FastLaunchCounter:
-    """How many launches took the fast path: ``minicolor.kernels.fast_launch_count`` where the
-    package keeps that count, else the successful calls of ``Launcher.launch`` (it returns True
-    when it started the kernel), counted by wrapping the method."""
+    """How many launches took the fast path, and which kernels did not.
+
+    The count is ``minicolor.kernels.fast_launch_count`` where the package keeps one, else the
+    calls of ``Launcher.launch`` that returned True (it started the kernel); the kernels that it
+    turned away (False: Numba's own launch ran them) are named in ``slow``. Both come from
+    wrapping ``Launcher.launch`` of the module that defines the fast path."""
 
     def __init__(self, kernels):
-        self.kernels, self.calls = kernels, 0
-        if hasattr(kernels, "fast_launch_count"):
-            self.how = "minicolor.kernels.fast_launch_count"
-            return
+        self.kernels, self.calls, self.slow = kernels, 0, collections.Counter()
         module = importlib.import_module(find_launcher_module())
         launch = module.Launcher.launch
 
-        def counted(launcher, *args, **kwargs):
-            started = launch(launcher, *args, **kwargs)
-            self.calls += bool(started)
+        def counted(launcher, kernel, *args, **kwargs):
+            started = launch(launcher, kernel, *args, **kwargs)
+            if started:
+                self.calls += 1
+            else:
+                self.slow[getattr(getattr(kernel, "py_func", None), "__name__", type(kernel).__name__)] += 1
             return started
 
         module.Launcher.launch = counted
-        self.how = f"successful calls of {module.__name__}.Launcher.launch"
+        self.how = ("minicolor.kernels.fast_launch_count" if hasattr(kernels, "fast_launch_count")
+                    else f"calls of {module.__name__}.Launcher.launch that started the kernel")
 
     def count(self):
-        return self.kernels.fast_launch_count if hasattr(self.kernels, "fast_launch_count") else self.calls
+        return getattr(self.kernels, "fast_launch_count", self.calls)
 
 
 def launches(args):
@@ -245,10 +250,12 @@ def launches(args):
             step()
             synchronize()
             before, fast_before = kernels.launch_count, counter.count()
+            counter.slow.clear()
             step()
             synchronize()
             row["launches"] = kernels.launch_count - before
             row["fast"] = counter.count() - fast_before
+            row["not_fast"] = dict(counter.slow)  # kernel name: launches the fast path turned away
             row.update(graph_kernels(step, kernels))
         print(json.dumps(row))
         steps.append(row)

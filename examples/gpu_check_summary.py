@@ -161,6 +161,8 @@ def _fast_path(r):
         text = f"width {row['width']}: {row['launches']} Numba launches"
         if "fast" in row:
             text += f", {row['fast']} fast"
+        if row.get("not_fast"):
+            text += " (Numba's launch: " + ", ".join(f"{k} {n}" for k, n in row["not_fast"].items()) + ")"
         if "graph_kernels" in row:
             text += f"; as a graph {row['graph_kernels']} kernels, {row['graph_cupy']} of them CuPy's"
         elif row.get("graph_error"):

@@ -272,3 +272,17 @@ def test_the_gpu_runs_commands_are_ones_the_programs_accept(monkeypatch):
     bench = [str(part) for part in stages["bench"]]
     assert bench[bench.index("--widths") + 1:bench.index("--widths") + 3] == ["16", "64"]
     assert "--overfit-steps" in bench and bench[bench.index("--overfit-steps") + 1] == "400"
+
+
+def test_fast_launch_counter_names_the_kernels_the_fast_path_turned_away(monkeypatch):
+    import importlib
+    import types
+
+    module = importlib.import_module(gpu_check_cases.find_launcher_module())
+    monkeypatch.setattr(module.Launcher, "launch", module.Launcher.launch)  # put back after the test
+    monkeypatch.setattr(module.Launcher, "_launch", lambda self, kernel, *rest: kernel.py_func.__name__ == "fast")
+    counter = gpu_check_cases.FastLaunchCounter(types.SimpleNamespace(launch_count=0))
+    launcher = module.Launcher(driver=None)
+    for name in ["fast", "gather_gemm", "gather_gemm", "fast"]:
+        launcher.launch(types.SimpleNamespace(py_func=types.SimpleNamespace(__name__=name)), 1, 32, None, ())
+    assert counter.count() == 2 and counter.slow == {"gather_gemm": 2}
