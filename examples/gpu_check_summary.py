@@ -199,23 +199,24 @@ def _overfit(r):
             for name in ("graph", "eager")}
     if not any(runs.values()):
         return None, "", _stage_note(r, "overfit-graph")
-    steps = sorted(cpu) if any(step in runs["graph"] for step in cpu) else sorted(runs["graph"])[-2:]
-    figure = "; ".join(f"{name} " + "/".join(f"{losses[s]:.4g}" if s in losses else "-" for s in steps)
-                       for name, losses in runs.items())
-    figure = f"losses at steps {'/'.join(map(str, steps))}: {figure}; CPU " + "/".join(
+    ran = sorted(set(runs["graph"]) | set(runs["eager"]))
+    steps = sorted(cpu) if set(cpu) & set(ran) else ran[-2:]
+    losses = "; ".join(f"{name} " + "/".join(f"{run[s]:.4g}" if s in run else "-" for s in steps)
+                       for name, run in runs.items())
+    losses = f"losses at steps {'/'.join(map(str, steps))}: {losses}; CPU " + "/".join(
         f"{cpu[s]:.4g}" if s in cpu else "-" for s in steps)
     bench = (r.get("bench") or {}).get("overfit")
-    seconds = bench["minicolor_s"] if bench else None
-    fresh = [f"{name} {(r.get(f'overfit_{name}') or {}).get('summary', {}).get('seconds', float('nan')):.1f} s"
-             for name in ("graph", "eager") if (r.get(f"overfit_{name}") or {}).get("summary")]
-    timing = (f"{bench['steps']} steps in {seconds:.2f} s (bench, kernels compiled)" if bench
+    fresh = [f"{name} {r[f'overfit_{name}']['summary']['seconds']:.1f} s" for name in ("graph", "eager")
+             if (r.get(f"overfit_{name}") or {}).get("summary")]
+    timing = (f"{bench['steps']} steps in {bench['minicolor_s']:.2f} s (bench, kernels compiled)" if bench
               else "no bench timing")
-    figure = f"{timing}; `minicolor overfit` in a fresh process: {', '.join(fresh) or '-'}; {figure}"
-    matches = all(step in losses and four_digits(losses[step]) == four_digits(cpu[step])
-                  for losses in runs.values() for step in cpu)
-    if seconds is None or bench["steps"] != 400:
+    figure = f"{timing}; `minicolor overfit` in a fresh process: {', '.join(fresh) or '-'}; {losses}"
+    if not set(cpu) <= set(runs["graph"]):
+        return None, figure, "the graph run logged no loss at steps " + "/".join(map(str, sorted(cpu)))
+    if not bench or bench["steps"] != 400:
         return None, figure, "the bench's 400-step timing did not run"
-    return seconds <= 1.5 and matches, figure, None
+    matches = all(four_digits(run[s]) == four_digits(cpu[s]) for run in runs.values() for s in cpu if s in run)
+    return bench["minicolor_s"] <= 1.5 and matches, figure, None
 
 
 def four_digits(value):
