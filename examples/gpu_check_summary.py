@@ -29,6 +29,19 @@ def _stage_note(r, name):
     return f"{name}: {stage['outcome']}" + (f", {stage['note']}" if stage.get("note") else "")
 
 
+@target("gpu-tests", "the GPU tests pass (tests/test_*_gpu.py: every kernel against the NumPy "
+                     "reference, the fast launch path, the CUDA graph), none skipped")
+def _gpu_tests(r):
+    tests = r.get("gpu_tests") or {}
+    counts = tests.get("counts")
+    if not counts:
+        return None, "", _stage_note(r, "gpu-tests")
+    figure = ", ".join(f"{n} {word}" for word, n in counts.items())
+    if not counts.get("passed") and not counts.get("failed") and not counts.get("error"):
+        return None, figure, "every test skipped: no usable GPU"
+    return not (counts.get("failed") or counts.get("error") or counts.get("skipped")), figure, None
+
+
 def _tflops(row, impl="minicolor"):
     seconds = row.get(f"{impl}_s")
     return row["flops"] / seconds / 1e12 if seconds else None
@@ -145,8 +158,9 @@ def _w16_b1_graph(r):
     if not profile:
         return None, "", _stage_note(r, "profile-b1")
     if "graph_ms" not in profile:
-        why = profile.get("graph_error") or "the profile captured no graph"
-        return (False if profile.get("graph_error") else None), why, why
+        if profile.get("graph_error"):
+            return False, f"not captured: {profile['graph_error']}", None
+        return None, "", "the profile captured no graph"
     return profile["graph_ms"] <= 3, f"{profile['graph_ms']:.2f} ms per replay", None
 
 

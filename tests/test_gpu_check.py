@@ -52,8 +52,9 @@ def test_dry_run_summary_marks_every_target_and_claims_none(dry_run):
     for _, target, _ in gpu_check_summary.TARGETS:
         status, figure = rows[target][1], rows[target][2]
         assert status == "not run (dry run)", (target, status)
-        # every parser saw the CPU run's output (on the CPU the bench has no NumPy-reference column)
-        if "NumPy reference" not in target:
+        # every parser saw the CPU run's output (on the CPU the bench has no NumPy-reference column,
+        # and the profile captures no CUDA graph)
+        if "NumPy reference" not in target and "CUDA graph" not in target:
             assert figure.startswith("dry run on cpu and the simulator, not a GPU figure: "), (target, figure)
 
 
@@ -286,3 +287,13 @@ def test_fast_launch_counter_names_the_kernels_the_fast_path_turned_away(monkeyp
     for name in ["fast", "gather_gemm", "gather_gemm", "fast"]:
         launcher.launch(types.SimpleNamespace(py_func=types.SimpleNamespace(__name__=name)), 1, 32, None, ())
     assert counter.count() == 2 and counter.slow == {"gather_gemm": 2}
+
+
+def test_gpu_tests_target_wants_every_test_run_and_passed():
+    def status(counts):
+        return verdicts(gpu_results(gpu_tests={"counts": counts}))["gpu-tests"][0]
+
+    assert status({"passed": 35}) == "met"
+    assert status({"failed": 1, "passed": 34}) == "not met"
+    assert status({"passed": 34, "skipped": 1}) == "not met"
+    assert status({"skipped": 2}) == "not run (every test skipped: no usable GPU)"
