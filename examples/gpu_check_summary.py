@@ -14,6 +14,7 @@ TARGETS = []
 
 
 def target(key, text):
+    """Register the decorated function as the evaluator of a target (in the summary's order)."""
     def register(evaluate):
         TARGETS.append((key, text, evaluate))
         return evaluate
