@@ -77,6 +77,16 @@ def cmd_overfit(args):
                       progress=not args.quiet, graph=False if args.no_graph else None)
     print(format_table(summary))
     print("pictures:", ", ".join(summary["grids"] + [summary["loss_curve"]]))
+    if args.json:
+        write_json(args.json, summary)
+
+
+def write_json(path, result):
+    """Write a command's result (a dict) as JSON, for scripts such as examples/gpu_check.py."""
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1))
 
 
 def cmd_train(args):
@@ -247,6 +257,8 @@ def cmd_profile(args):
                              device=resolve_device(args.device), warmup=args.warmup,
                              graph=not args.no_graph)
     print(profile.format_table(result))
+    if args.json:
+        write_json(args.json, result)
     if args.chart:
         Path(args.chart).parent.mkdir(parents=True, exist_ok=True)
         print(f"chart: {profile.save_chart(result, args.chart)}")
@@ -279,6 +291,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default 0)")
     p.add_argument("--out", default="runs/overfit", help="folder for pictures (default runs/overfit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", default=None,
+                   help="also write the losses, the seconds and the device to this JSON file")
     device_option(p)
     graph_option(p)
     p.set_defaults(run=cmd_overfit)
@@ -445,6 +459,7 @@ def build_parser():
     p.add_argument("--chart", default=None, help="also draw the table as a bar chart (PNG)")
     p.add_argument("--no-graph", action="store_true",
                    help="on cuda, do not capture the step as a CUDA graph to count and time it")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     device_option(p)
     p.set_defaults(run=cmd_profile)
     return parser
