@@ -83,11 +83,12 @@ def cmd_train(args):
     from .colorize import check_writable
     from .data import ImageFolder, KaggleColorization, split
     from .models import ColorizationNet
-    from .train import Trainer, fit_class_weights, init_from, read_npz, save_weights
+    from .checkpoint import init_from, read_config, save_weights
+    from .train import Trainer, fit_class_weights
 
     device = resolve_device(args.device)  # before minutes of decoding photos
     check_writable(args.out)
-    resume_config = read_npz(args.resume)[1] if args.resume else None
+    resume_config = read_config(args.resume) if args.resume else None
     if args.format == "kaggle":
         dataset = KaggleColorization(args.data, limit=args.limit, flip=True)
     else:
@@ -124,8 +125,8 @@ def cmd_train(args):
 
 
 def load_model_or_shipped(weights, device):
+    from .checkpoint import load_model
     from .colorize import shipped_weights
-    from .train import load_model
 
     path = weights or shipped_weights()
     if path is None:

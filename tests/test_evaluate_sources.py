@@ -8,7 +8,7 @@ from PIL import Image
 from minicolor import cli
 from minicolor.evaluate import by_source, find_photos, format_sources
 from minicolor.models import ColorizationNet
-from minicolor.train import save_weights
+from minicolor.checkpoint import save_weights
 
 
 @pytest.fixture

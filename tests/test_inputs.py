@@ -18,7 +18,7 @@ from minicolor.activations import network_size
 from minicolor.data import ImageFolder
 from minicolor.evaluate import format_table
 from minicolor.models import ColorizationNet
-from minicolor.train import save_weights
+from minicolor.checkpoint import save_weights
 
 
 def write_png(path, array, bit_depth, color_type, width=None, height=None):
