@@ -168,7 +168,7 @@ class Npz:
             try:
                 headers[name] = _npy_header(archive, info)
             except Exception as exc:  # ValueError, BadZipFile, zlib.error, EOFError: forged or damaged
-                raise self._fail(f"member {name!r} has a bad .npy header: {exc}") from exc
+                raise self._fail(f"member {name!r} is forged or damaged: {exc}") from exc
         return archive, headers
 
     def _read_config(self):
