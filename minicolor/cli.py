@@ -37,41 +37,35 @@ def shown(path):
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
-def warn_if_busy(device):
-    """Print ``busy_cpu_note`` to stderr when there is one."""
-    note = busy_cpu_note(device)
-    if note:
-        print(note, file=sys.stderr)
-
-
-def busy_cpu_note(device):
-    """A line of advice when training on CPU cores that other processes keep busy, else None.
-
-    NumPy's OpenBLAS splits each matrix product over all cores, and its threads spin while they
-    wait for each other; when another process holds a core, every product waits for the thread
-    that is not running. One thread was 3 to 7 times faster on a busy 2-core machine
-    (docs/benchmarks.md, *Threads on a busy machine*)."""
-    from .backend import cpu_count
-
-    cores = cpu_count()
-    if device != "cpu" or cores < 2 or os.environ.get("OPENBLAS_NUM_THREADS") == "1":
-        return None
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load < cores:
-        return None
-    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores); training may run several "
-            "times faster with OPENBLAS_NUM_THREADS=1 set before the command")
-
-
 def _plural(n, word):
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_sim(device, width, size, passes, what):
+    """On the simulator: refuse what would take it more than about a minute (sim.py)."""
+    if device == "sim":
+        from . import sim
+
+        sim.check(width, size, passes, what)
+        sim.prepare()
+
+
+def progress_on_sim(device, model, passes):
+    """A bar through the layers on the simulator (slow enough to need one); else nothing."""
+    import contextlib
+
+    if device != "sim":
+        return contextlib.nullcontext()
+    from . import sim
+
+    return sim.layer_progress(model, passes)
 
 
 def cmd_overfit(args):
     from .overfit import format_table, overfit
 
     device = resolve_device(args.device)
-    warn_if_busy(device)
+    check_sim(device, args.width, args.size, 3 * args.steps, f"{_plural(args.steps, 'training step')}")
     summary = overfit(args.image, steps=args.steps, width=args.width, size=args.size, lr=args.lr,
                       device=device, seed=args.seed, out_dir=args.out,
                       progress=not args.quiet, graph=False if args.no_graph else None)
@@ -87,6 +81,8 @@ def cmd_train(args):
     from .train import Trainer, fit_class_weights
 
     device = resolve_device(args.device)  # before minutes of decoding photos
+    check_sim(device, args.width, args.size, 3 * args.batch_size * args.steps,
+              f"{_plural(args.steps, 'training step')} of batch {args.batch_size}")
     check_writable(args.out)
     resume_config = read_config(args.resume) if args.resume else None
     if args.format == "kaggle":
@@ -117,7 +113,6 @@ def cmd_train(args):
         print(f"the checkpoint is already at step {trainer.step}, at or past --steps {args.steps}: "
               f"nothing to train (--steps counts from the start of the run; give more to go on)")
     else:
-        warn_if_busy(device)
         trainer.fit(args.steps)
     trainer.save_checkpoint()
     weights = save_weights(Path(args.out) / "weights.npz", trainer.model)
@@ -136,8 +131,8 @@ def load_model_or_shipped(weights, device):
 
 
 def cmd_colorize(args):
-    from .colorize import OutputError, check_writable, colorize_rgb, expand_inputs, output_paths, save_rgb
-    from .images import DataError, load_rgb
+    from .colorize import check_writable, expand_inputs, output_paths
+    from .images import DataError
 
     device = resolve_device(args.device)
     photos = expand_inputs(args.images)
@@ -146,10 +141,25 @@ def cmd_colorize(args):
     targets = output_paths([stem for _, stem in photos], args.out, overwrite=args.overwrite)
     check_writable(targets[0].parent if targets[0] == Path(args.out) else args.out)
     model = load_model_or_shipped(args.weights, device)
+    check_sim(device, model.width, args.size, len(photos), f"colorizing {_plural(len(photos), 'photo')}")
+    with progress_on_sim(device, model, len(photos)):
+        failed = colorize_all(model, photos, targets, args.size)
+    if failed:
+        print(f"minicolor colorize: {failed} of {_plural(len(photos), 'photo')} failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def colorize_all(model, photos, targets, size):
+    """Colorize each photo into its target; a photo that fails is named on stderr. Returns the
+    number that failed."""
+    from .colorize import OutputError, colorize_rgb, save_rgb
+    from .images import DataError, load_rgb
+
     failed = 0
     for (photo, _), target in zip(photos, targets):
         try:
-            result = colorize_rgb(model, load_rgb(photo), args.size)  # the photo is freed here
+            result = colorize_rgb(model, load_rgb(photo), size)  # the photo is freed here
             print(f"{shown(photo)} -> {shown(save_rgb(result, target))}")
             del result
         except (DataError, OutputError) as exc:
@@ -158,10 +168,7 @@ def cmd_colorize(args):
         except MemoryError:
             failed += 1
             print(f"minicolor colorize: error: not enough memory for {shown(photo)}", file=sys.stderr)
-    if failed:
-        print(f"minicolor colorize: {failed} of {_plural(len(photos), 'photo')} failed", file=sys.stderr)
-        return 1
-    return 0
+    return failed
 
 
 def cmd_bench(args):
@@ -189,15 +196,19 @@ def cmd_evaluate(args):
 
     from .data import load_rgb
     from .evaluate import (STANDARD, by_source, evaluate, find_photos, format_sources, format_table,
-                           standard_images)
+                           notes, standard_images)
 
-    model = load_model_or_shipped(args.weights, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model = load_model_or_shipped(args.weights, device)
     images = standard_images() if args.standard else {}
     photos = find_photos(args.images, root=args.root, taken=set(images))
-    images.update({name: load_rgb(path) for name, (path, _) in photos.items()})
-    if not images:
+    if not images and not photos:
         raise ValueError("give photos to evaluate, or --standard for the eight standard ones")
-    results = evaluate(model, images, size=args.size)
+    count = len(images) + len(photos)
+    check_sim(device, model.width, args.size, count, f"evaluating {_plural(count, 'photo')}")
+    images.update({name: load_rgb(path) for name, (path, _) in photos.items()})
+    with progress_on_sim(device, model, count):
+        results = evaluate(model, images, size=args.size)
     if not args.sources_only:
         print(format_table(results))
     sources = {name: source for name, (_, source) in photos.items() if source}
@@ -207,6 +218,7 @@ def cmd_evaluate(args):
         results["sources"] = by_source(results, sources)
         print()
         print(format_sources(results["sources"]))
+    print(notes(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
@@ -216,12 +228,15 @@ def cmd_activations(args):
     from .color import rgb_to_lab
     from .data import load_rgb, resize_rgb
 
-    model = load_model_or_shipped(args.weights, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model = load_model_or_shipped(args.weights, device)
+    check_sim(device, model.width, args.size, 1, "a forward pass")
     rgb = load_rgb(args.image)
     rgb = resize_rgb(rgb, *network_size(rgb.shape[1], rgb.shape[0], args.size))
     l = rgb_to_lab(rgb.astype("float64") / 255.0)[..., 0]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    chosen = save_activation_grid(args.output, model, l, seed=args.seed)
+    with progress_on_sim(device, model, 1):
+        chosen = save_activation_grid(args.output, model, l, seed=args.seed)
     print(f"{args.output}: " + ", ".join(f"{name} kernel {k}" for name, k in chosen.items()))
 
 
@@ -244,8 +259,11 @@ def cmd_kernels(args):
 def cmd_profile(args):
     from . import profile
 
+    device = resolve_device(args.device)
+    check_sim(device, args.width, args.size, 3 * args.batch * (args.warmup + 6),
+              f"{args.warmup + 6} training steps of batch {args.batch} (warm-up and 2 x 3 timed)")
     result = profile.profile(width=args.width, batch=args.batch, size=args.size,
-                             device=resolve_device(args.device), warmup=args.warmup,
+                             device=device, warmup=args.warmup,
                              graph=not args.no_graph)
     print(profile.format_table(result))
     if args.chart:
@@ -254,6 +272,8 @@ def cmd_profile(args):
 
 
 def build_parser():
+    from . import sim
+
     parser = argparse.ArgumentParser(prog="minicolor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -266,8 +286,8 @@ def build_parser():
     def device_option(p):
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "sim"],
                        help="where to run: auto (cuda when a GPU is usable, else cpu), cpu, "
-                            "cuda, or sim (CUDA kernels in Numba's simulator; tiny inputs "
-                            "only) (default auto)")
+                            "cuda, or sim (the CUDA kernels in Numba's simulator, for learning; "
+                            f"{sim.limit_text()}; more is refused) (default auto)")
 
     p = sub.add_parser("overfit", help="the report's experiment: overfit one photo",
                        description="Train ColorizationNet on one photo (the report's experiment) "

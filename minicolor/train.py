@@ -20,6 +20,8 @@ Losses are always reported in raw Lab ab units: the model works on ab / 110, so 
 reported loss is the training loss times 110². That is the unit of the report's figures.
 """
 import json
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -204,9 +206,15 @@ class Trainer:
         return total / count * LOSS_UNIT
 
     # --- the loop ---------------------------------------------------------------------------
-    def fit(self, steps):
-        """Train until step ``steps`` (counting steps done before a resume)."""
+    def fit(self, steps, on_step=None):
+        """Train until step ``steps`` (counting steps done before a resume).
+
+        ``on_step(trainer)``, if given, runs after every step; a line it returns is printed
+        above the progress bar (``overfit`` saves and announces its grids so, on one bar)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        note = busy_cpu_note(self.device) if self.step < steps else None
+        if note:
+            tqdm.write(note, file=sys.stderr)
         bar = tqdm(total=steps, initial=self.step, disable=not self.progress, unit="step",
                    desc=f"training on {self.device}")
         started, first_step = time.perf_counter(), self.step
@@ -227,10 +235,15 @@ class Trainer:
                     val = self.validate()
                     self.history["val"].append((self.step, val))
                     self.log({"step": self.step, "val_loss": val})
+                    bar.write(f"step {self.step}: validation loss {val:.2f}"
+                              + (f", training loss {loss:.2f}" if loss is not None else ""))
                 if self._due(self.sample_every, steps):
                     self.save_samples()
                 if self._due(self.checkpoint_every, steps):
                     self.save_checkpoint()
+                line = on_step(self) if on_step is not None else None
+                if line:
+                    bar.write(line)
             self.read_losses()  # any left (when nothing logs the last step)
             self.train_seconds += time.perf_counter() - started
         except KeyboardInterrupt:
@@ -338,6 +351,23 @@ class Trainer:
         arrays, _ = read_state(path, self.model, optimizer_state=False)
         load_state(path, self.model, section(arrays, "model/"))
         return self
+
+
+def busy_cpu_note(device):
+    """A line of advice when training on CPU cores that other processes keep busy, else None.
+
+    NumPy's OpenBLAS splits each matrix product over all cores, and its threads spin while they
+    wait for each other; when another process holds a core, every product waits for the thread
+    that is not running. One thread was 3 to 7 times faster on a busy 2-core machine
+    (docs/benchmarks.md, *Threads on a busy machine*)."""
+    cores = backend.cpu_count()
+    if device != "cpu" or cores < 2 or os.environ.get("OPENBLAS_NUM_THREADS") == "1":
+        return None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load < cores:
+        return None
+    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores); training may run several "
+            "times faster with OPENBLAS_NUM_THREADS=1 set before the command")
 
 
 def fit_class_weights(model, dataset, seed=0, max_images=512, batch_size=16):

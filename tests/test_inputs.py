@@ -418,8 +418,7 @@ def test_evaluate_table_keeps_long_names_aligned():
     row = dict(auc=0.9, auc_gray=0.8, psnr=25.0, psnr_gray=22.0, colorfulness=10.0,
                colorfulness_gray=0.0, colorfulness_truth=30.0)
     table = format_table({"a": row, "a_very_long_photo_name_from_a_camera": row, "mean": row})
-    lines = table.splitlines()
-    rows = [line for line in lines if not line.startswith("-")]
+    rows = [line for line in table.splitlines() if not line.startswith("-")]
     assert len({len(line) for line in rows}) == 1
     assert len({line.index("0.900") for line in rows[1:]}) == 1
 
