@@ -1,7 +1,7 @@
-"""The ``minicolor`` command: overfit, train, colorize, and the tools to look inside.
+"""The minicolor command: overfit, train, colorize, and the tools to look inside.
 
-Each subcommand is a thin layer over a library function; ``minicolor CMD --help`` explains
-every option. Every command that runs the network takes ``--device`` with the same default,
+Each subcommand is a thin layer over a library function; minicolor COMMAND --help explains
+every option. Every command that runs the network takes --device with the same default,
 auto: the GPU when CuPy finds one, else the CPU. An error is one line on stderr (exit code 1).
 """
 import argparse
@@ -274,8 +274,11 @@ def cmd_profile(args):
 def build_parser():
     from . import sim
 
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="minicolor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"minicolor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def graph_option(p):
@@ -365,7 +368,7 @@ def build_parser():
                    help="photos, or folders of photos (color ones are made gray first)")
     p.add_argument("-o", "--out", default="colorized",
                    help="output folder (default colorized), or for one photo a file name "
-                        "ending in .png or .jpg")
+                        "ending in .png or .jpg (.jpeg); other formats are refused")
     p.add_argument("--overwrite", action="store_true",
                    help="replace results left by an earlier run instead of numbering new ones")
     p.add_argument("--weights", default=None,
