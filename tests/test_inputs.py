@@ -401,18 +401,6 @@ def test_resume_from_weights_past_steps_and_on_other_data(tmp_path, rng, capsys)
     assert "warning: checkpoint" in err and "was trained on other data (folder, 1 training images)" in err
 
 
-def test_busy_cpu_note(monkeypatch):
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    monkeypatch.setattr(backend, "cpu_count", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
-    assert "load 5.0 on 2 cores" in cli.busy_cpu_note("cpu") and cli.busy_cpu_note("cuda") is None
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert cli.busy_cpu_note("cpu") is None
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
-    assert cli.busy_cpu_note("cpu") is None
-
-
 # --- smaller items -------------------------------------------------------------------------------
 def test_evaluate_table_keeps_long_names_aligned():
     row = dict(auc=0.9, auc_gray=0.8, psnr=25.0, psnr_gray=22.0, colorfulness=10.0,
