@@ -2,10 +2,10 @@
 
 Numba's CUDA simulator runs every CUDA thread of a kernel as a Python thread (docs/kernels.md).
 That is what makes it a teaching tool: the kernels run, step by step, on any machine. It is
-also why it is slow: a width-16 network at 8 x 8 pixels, a few hundred thousand multiply-adds
-that NumPy does in a millisecond, took over four minutes. Its time follows the multiply-adds
-of the convolutions, and those grow with (width x size)^2: twice the width or twice the size is
-four times the wait.
+also why it is slow: one forward pass of a width-16 network at 8 x 8 pixels, 2.7 million
+multiply-adds that NumPy does in a few milliseconds, took over four minutes. Its time follows
+the multiply-adds of the convolutions, and those grow with (width x size)^2: twice the width or
+twice the size is four times the wait.
 
 So the commands give the simulator a fixed budget of about a minute on a 2-core CPU, and
 refuse more with a message that says why and what would fit (``check``):
@@ -23,11 +23,14 @@ import sys
 from tqdm.auto import tqdm
 
 # The largest size (pixels, one side) at which one forward pass of a width-16 network (the
-# shipped weights) runs in the simulator in about a minute on a 2-core CPU. Measured with the
-# tiled conv kernels: width 16 at size 8 took 277 s, width 4 at size 8 took 25 s (load 2 to 10):
-# about a minute is width x size = 60 -- below the smallest size (8) at width 16.
-# Re-measure it when the kernels the simulator runs change.
-SIM_MAX_SIZE = 3.75
+# shipped weights) runs in the simulator in about a minute on a 2-core CPU: as a budget, width x
+# size <= 16 x SIM_MAX_SIZE. Measured with the tiled conv kernels on a busy 2-core machine (load
+# 2 to 11), one forward pass, width x size: 1 x 8 in 3.5 s, 2 x 8 in 7.9 s, 4 x 8 in 25 to 39 s,
+# 4 x 16 in 32 s, 8 x 8 in 114 s, 16 x 8 in 277 s. So about a minute is width x size = 48, below
+# the smallest size (8) at width 16. (These kernels' time grows more slowly with the size than
+# the rule above says, their tiles being padded at tiny sizes; kernels with one thread per
+# output follow it.) Re-measure it when the kernels the simulator runs change.
+SIM_MAX_SIZE = 3
 REFERENCE_WIDTH = 16
 TRAINING_STEP = 3  # forward passes' worth of work in one training step, per image
 
