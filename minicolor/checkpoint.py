@@ -152,9 +152,11 @@ class Npz:
         try:
             declared = _directory_size(self._file)
             if declared is None or declared[0] > MAX_MEMBERS or declared[1] > MAX_DIRECTORY_BYTES:
-                members = "over 65,535" if declared is None else f"{declared[0]:,}"
-                raise self._fail(f"its zip directory lists {members} members; a minicolor file "
-                                 f"has at most {MAX_MEMBERS:,} ({EXPECTED})")
+                members, size = ("over 65,535", "over 4 GiB") if declared is None else (
+                    f"{declared[0]:,}", f"{declared[1]:,} bytes")
+                raise self._fail(f"its zip directory lists {members} members in {size}; a minicolor "
+                                 f"file has at most {MAX_MEMBERS:,} in {MAX_DIRECTORY_BYTES:,} bytes "
+                                 f"({EXPECTED})")
             self._file.seek(0)
             archive = zipfile.ZipFile(self._file)
         except (OSError, EOFError, zipfile.BadZipFile, struct.error) as exc:
@@ -322,7 +324,7 @@ def check_config(path, config):
     return config
 
 
-def build_model(path, config):
+def build_model(config):
     """The ColorizationNet a checked config describes (float32, on the CPU)."""
     return ColorizationNet(**config["model"])
 
@@ -353,7 +355,7 @@ def read_npz(path, model=None):
     """(arrays, config) of a weights or checkpoint file, every member checked against ``model``
     (default: the network its config describes) before its data is read."""
     with open_npz(path) as f:
-        model = model if model is not None else build_model(path, f.config)
+        model = model if model is not None else build_model(f.config)
         return f.read(f.check(model)), f.config
 
 
@@ -377,7 +379,7 @@ def load_state(path, model, state):
 def load_model(path, device="cpu"):
     """A ColorizationNet with the weights of a checkpoint or weights file."""
     with open_npz(path) as f:
-        model = build_model(path, f.config)
+        model = build_model(f.config)
         arrays = f.read([n for n in f.check(model) if n.startswith("model/")])
     return load_state(path, model, section(arrays, "model/")).to(device)
 

@@ -5,10 +5,13 @@ every option. Every command that runs the network takes --device with the same d
 auto: the GPU when CuPy finds one, else the CPU. An error is one line on stderr (exit code 1).
 """
 import argparse
+import contextlib
 import os
 import sys
 import warnings
 from pathlib import Path
+
+from . import __version__, sim
 
 
 def _size(text):
@@ -42,30 +45,24 @@ def _plural(n, word):
 
 
 def check_sim(device, width, size, passes, what):
-    """On the simulator: refuse what would take it more than about a minute (sim.py)."""
+    """On the simulator: refuse ``passes`` forward passes' worth of work that would take it
+    more than about a minute (sim.py), before anything runs."""
     if device == "sim":
-        from . import sim
-
         sim.check(width, size, passes, what)
         sim.prepare()
 
 
 def progress_on_sim(device, model, passes):
     """A bar through the layers on the simulator (slow enough to need one); else nothing."""
-    import contextlib
-
-    if device != "sim":
-        return contextlib.nullcontext()
-    from . import sim
-
-    return sim.layer_progress(model, passes)
+    return sim.layer_progress(model, passes) if device == "sim" else contextlib.nullcontext()
 
 
 def cmd_overfit(args):
     from .overfit import format_table, overfit
 
     device = resolve_device(args.device)
-    check_sim(device, args.width, args.size, 3 * args.steps, f"{_plural(args.steps, 'training step')}")
+    check_sim(device, args.width, args.size, sim.TRAINING_STEP * args.steps,
+              _plural(args.steps, "training step"))
     summary = overfit(args.image, steps=args.steps, width=args.width, size=args.size, lr=args.lr,
                       device=device, seed=args.seed, out_dir=args.out,
                       progress=not args.quiet, graph=False if args.no_graph else None)
@@ -81,7 +78,7 @@ def cmd_train(args):
     from .train import Trainer, fit_class_weights
 
     device = resolve_device(args.device)  # before minutes of decoding photos
-    check_sim(device, args.width, args.size, 3 * args.batch_size * args.steps,
+    check_sim(device, args.width, args.size, sim.TRAINING_STEP * args.batch_size * args.steps,
               f"{_plural(args.steps, 'training step')} of batch {args.batch_size}")
     check_writable(args.out)
     resume_config = read_config(args.resume) if args.resume else None
@@ -175,6 +172,10 @@ def cmd_bench(args):
     from . import bench
 
     device = resolve_device(args.device)
+    runs = args.warmup + args.repeat  # of each timed step and layer; the overfit once
+    check_sim(device, max(args.widths or (16,)), args.size,
+              sim.TRAINING_STEP * (runs * (sum(args.batches or (1, 8)) + (args.layer_batch or 0))
+                                   + args.overfit_steps), "the benchmark")
     if not args.no_torch and not bench.torch_available():
         print("PyTorch is not installed, so only minicolor is timed: no torch or ratio columns "
               "(pip install torch to compare)")
@@ -260,7 +261,7 @@ def cmd_profile(args):
     from . import profile
 
     device = resolve_device(args.device)
-    check_sim(device, args.width, args.size, 3 * args.batch * (args.warmup + 6),
+    check_sim(device, args.width, args.size, sim.TRAINING_STEP * args.batch * (args.warmup + 6),
               f"{args.warmup + 6} training steps of batch {args.batch} (warm-up and 2 x 3 timed)")
     result = profile.profile(width=args.width, batch=args.batch, size=args.size,
                              device=device, warmup=args.warmup,
@@ -272,10 +273,6 @@ def cmd_profile(args):
 
 
 def build_parser():
-    from . import sim
-
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="minicolor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"minicolor {__version__}")
@@ -290,7 +287,7 @@ def build_parser():
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "sim"],
                        help="where to run: auto (cuda when a GPU is usable, else cpu), cpu, "
                             "cuda, or sim (the CUDA kernels in Numba's simulator, for learning; "
-                            f"{sim.limit_text()}; more is refused) (default auto)")
+                            f"it gets {sim.limit_text()}; more is refused) (default auto)")
 
     p = sub.add_parser("overfit", help="the report's experiment: overfit one photo",
                        description="Train ColorizationNet on one photo (the report's experiment) "

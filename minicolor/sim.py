@@ -59,8 +59,8 @@ def _duration(s):
 
 def limit_text():
     """The limit in words, for --help."""
-    return (f"the simulator gets about a minute of work: width x size <= "
-            f"{REFERENCE_WIDTH * SIM_MAX_SIZE:g} per forward pass (a training step: 3 per image)")
+    return (f"about a minute of work: width x size <= {REFERENCE_WIDTH * SIM_MAX_SIZE:g} per forward "
+            f"pass (a training step: {TRAINING_STEP} per image)")
 
 
 def check(width, size, passes=1, what="a forward pass"):
@@ -69,14 +69,12 @@ def check(width, size, passes=1, what="a forward pass"):
     if (width * size) ** 2 * passes <= budget():
         return
     fits = max_size(width, passes)
-    if fits:
-        advice = f"--size {fits} fits"
-    else:
-        advice = f"no --size fits at width {width} (the smallest is 8)"
+    advice = (f"At width {width}, --size {fits} fits" if fits
+              else f"No --size fits at width {width} (the smallest is 8)")
     raise ValueError(
         f"{what} of a width-{width} network at size {size} would take the simulator about "
-        f"{_duration(seconds(width, size, passes))} (it runs every CUDA thread as a Python thread; "
-        f"{limit_text()}); {advice}; --device cpu runs the same network in NumPy")
+        f"{_duration(seconds(width, size, passes))}: it runs every CUDA thread as a Python thread, "
+        f"and gets {limit_text()}. {advice}; --device cpu runs the same network in NumPy")
 
 
 def prepare():

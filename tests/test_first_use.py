@@ -53,9 +53,9 @@ def test_sim_limit_says_why_and_what_fits():
         sim.check(2, fits + 8)
     message = str(refused.value)
     assert "runs every CUDA thread as a Python thread" in message and "--device cpu" in message
-    assert (f"--size {fits} fits" if fits else "no --size fits at width 2") in message
+    assert (f"At width 2, --size {fits} fits" if fits else "No --size fits at width 2") in message
     too_wide = int(sim.REFERENCE_WIDTH * sim.SIM_MAX_SIZE / 8) + 1  # not even size 8 fits
-    with pytest.raises(ValueError, match=f"no --size fits at width {too_wide} "):
+    with pytest.raises(ValueError, match=f"No --size fits at width {too_wide} "):
         sim.check(too_wide, 8)
     with pytest.raises(ValueError, match="400 training steps of a width-16 network at size 224"):
         sim.check(16, 224, passes=3 * 400, what="400 training steps")
