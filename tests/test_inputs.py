@@ -259,7 +259,7 @@ def test_output_file(tmp_path, rng, weights, capsys):
     notes = tmp_path / "notes"
     notes.write_text("keep me")
     code, _, err = run(["colorize", str(photo), "-o", str(notes)] + common, capsys)
-    assert code == 1 and "without an image suffix" in err and notes.read_text() == "keep me"
+    assert code == 1 and "not a file without a suffix" in err and notes.read_text() == "keep me"
 
 
 def test_unreadable_photos_are_reported_and_the_rest_colorized(tmp_path, rng, weights, capsys):
