@@ -121,8 +121,9 @@ def output_paths(stems, out, overwrite=False):
     """Where each result goes: ``out``/STEM_color.png, or the file ``out`` itself.
 
     ``out`` is a file when it has an image suffix PIL knows (out.png, out.jpg) or is an
-    existing file; it then takes exactly one photo, and must end in .png, .jpg or .jpeg. No two results of one run share a name
-    (the later ones get -2, -3, ...); an existing file keeps its content unless ``overwrite``.
+    existing file; it then takes exactly one photo, and must end in .png, .jpg or .jpeg. No two
+    results of one run share a name (the later ones get -2, -3, ...); an existing file keeps its
+    content unless ``overwrite``.
     """
     out = Path(out)
     as_file = out.is_file() or (not out.is_dir() and out.suffix.lower() in Image.registered_extensions())

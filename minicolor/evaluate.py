@@ -97,7 +97,7 @@ def evaluate(model, images, size=224):
 
 def gray_photos(results):
     """The names of the photos that were already gray, left out of the means."""
-    return [name for name, r in results.items() if name != "mean" and r and r.get("already_gray")]
+    return [name for name, r in results.items() if name != "mean" and r.get("already_gray")]
 
 
 def _number(value, width, digits):
