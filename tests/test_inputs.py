@@ -40,7 +40,7 @@ def write_png(path, array, bit_depth, color_type, width=None, height=None):
 
 @pytest.fixture(autouse=True)
 def quiet_about_a_busy_cpu(monkeypatch):
-    """No note about a busy machine in the stderr these tests read (test_busy_cpu_note tests it)."""
+    """No note about a busy machine in the stderr these tests read (test_first_use.py tests it)."""
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
 
 
