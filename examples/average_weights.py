@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from minicolor.train import read_npz, save_npz_atomic
+from minicolor.checkpoint import read_npz, save_npz_atomic
 
 
 def average(paths):

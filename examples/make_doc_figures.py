@@ -29,7 +29,7 @@ from minicolor.colorize import colorize_rgb, shipped_weights  # noqa: E402
 from minicolor.data import load_rgb, resize_rgb  # noqa: E402
 from minicolor.evaluate import evaluate_rgb, find_photos, standard_images  # noqa: E402
 from minicolor.overfit import format_table, overfit  # noqa: E402
-from minicolor.train import load_model  # noqa: E402
+from minicolor.checkpoint import load_model  # noqa: E402
 
 HERE = Path(__file__).parent
 IMG = HERE.parent / "docs" / "img"

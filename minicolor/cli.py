@@ -1,14 +1,17 @@
-"""The ``minicolor`` command: overfit, train, colorize, and the tools to look inside.
+"""The minicolor command: overfit, train, colorize, and the tools to look inside.
 
-Each subcommand is a thin layer over a library function; ``minicolor CMD --help`` explains
-every option. Every command that runs the network takes ``--device`` with the same default,
+Each subcommand is a thin layer over a library function; minicolor COMMAND --help explains
+every option. Every command that runs the network takes --device with the same default,
 auto: the GPU when CuPy finds one, else the CPU. An error is one line on stderr (exit code 1).
 """
 import argparse
+import contextlib
 import os
 import sys
 import warnings
 from pathlib import Path
+
+from . import __version__, sim
 
 
 def _size(text):
@@ -37,41 +40,29 @@ def shown(path):
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
-def warn_if_busy(device):
-    """Print ``busy_cpu_note`` to stderr when there is one."""
-    note = busy_cpu_note(device)
-    if note:
-        print(note, file=sys.stderr)
-
-
-def busy_cpu_note(device):
-    """A line of advice when training on CPU cores that other processes keep busy, else None.
-
-    NumPy's OpenBLAS splits each matrix product over all cores, and its threads spin while they
-    wait for each other; when another process holds a core, every product waits for the thread
-    that is not running. One thread was 3 to 7 times faster on a busy 2-core machine
-    (docs/benchmarks.md, *Threads on a busy machine*)."""
-    from .backend import cpu_count
-
-    cores = cpu_count()
-    if device != "cpu" or cores < 2 or os.environ.get("OPENBLAS_NUM_THREADS") == "1":
-        return None
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load < cores:
-        return None
-    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores); training may run several "
-            "times faster with OPENBLAS_NUM_THREADS=1 set before the command")
-
-
 def _plural(n, word):
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_sim(device, width, size, passes, what):
+    """On the simulator: refuse ``passes`` forward passes' worth of work that would take it
+    more than about a minute (sim.py), before anything runs."""
+    if device == "sim":
+        sim.check(width, size, passes, what)
+        sim.prepare()
+
+
+def progress_on_sim(device, model, passes):
+    """A bar through the layers on the simulator (slow enough to need one); else nothing."""
+    return sim.layer_progress(model, passes) if device == "sim" else contextlib.nullcontext()
 
 
 def cmd_overfit(args):
     from .overfit import format_table, overfit
 
     device = resolve_device(args.device)
-    warn_if_busy(device)
+    check_sim(device, args.width, args.size, sim.TRAINING_STEP * args.steps,
+              _plural(args.steps, "training step"))
     summary = overfit(args.image, steps=args.steps, width=args.width, size=args.size, lr=args.lr,
                       device=device, seed=args.seed, out_dir=args.out,
                       progress=not args.quiet, graph=False if args.no_graph else None)
@@ -93,11 +84,14 @@ def cmd_train(args):
     from .colorize import check_writable
     from .data import ImageFolder, KaggleColorization, split
     from .models import ColorizationNet
-    from .train import Trainer, fit_class_weights, init_from, read_npz, save_weights
+    from .checkpoint import init_from, read_config, save_weights
+    from .train import Trainer, fit_class_weights
 
     device = resolve_device(args.device)  # before minutes of decoding photos
+    check_sim(device, args.width, args.size, sim.TRAINING_STEP * args.batch_size * args.steps,
+              f"{_plural(args.steps, 'training step')} of batch {args.batch_size}")
     check_writable(args.out)
-    resume_config = read_npz(args.resume)[1] if args.resume else None
+    resume_config = read_config(args.resume) if args.resume else None
     if args.format == "kaggle":
         dataset = KaggleColorization(args.data, limit=args.limit, flip=True)
     else:
@@ -126,7 +120,6 @@ def cmd_train(args):
         print(f"the checkpoint is already at step {trainer.step}, at or past --steps {args.steps}: "
               f"nothing to train (--steps counts from the start of the run; give more to go on)")
     else:
-        warn_if_busy(device)
         trainer.fit(args.steps)
     trainer.save_checkpoint()
     weights = save_weights(Path(args.out) / "weights.npz", trainer.model)
@@ -134,8 +127,8 @@ def cmd_train(args):
 
 
 def load_model_or_shipped(weights, device):
+    from .checkpoint import load_model
     from .colorize import shipped_weights
-    from .train import load_model
 
     path = weights or shipped_weights()
     if path is None:
@@ -145,8 +138,8 @@ def load_model_or_shipped(weights, device):
 
 
 def cmd_colorize(args):
-    from .colorize import OutputError, check_writable, colorize_rgb, expand_inputs, output_paths, save_rgb
-    from .images import DataError, load_rgb
+    from .colorize import check_writable, expand_inputs, output_paths
+    from .images import DataError
 
     device = resolve_device(args.device)
     photos = expand_inputs(args.images)
@@ -155,10 +148,25 @@ def cmd_colorize(args):
     targets = output_paths([stem for _, stem in photos], args.out, overwrite=args.overwrite)
     check_writable(targets[0].parent if targets[0] == Path(args.out) else args.out)
     model = load_model_or_shipped(args.weights, device)
+    check_sim(device, model.width, args.size, len(photos), f"colorizing {_plural(len(photos), 'photo')}")
+    with progress_on_sim(device, model, len(photos)):
+        failed = colorize_all(model, photos, targets, args.size)
+    if failed:
+        print(f"minicolor colorize: {failed} of {_plural(len(photos), 'photo')} failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def colorize_all(model, photos, targets, size):
+    """Colorize each photo into its target; a photo that fails is named on stderr. Returns the
+    number that failed."""
+    from .colorize import OutputError, colorize_rgb, save_rgb
+    from .images import DataError, load_rgb
+
     failed = 0
     for (photo, _), target in zip(photos, targets):
         try:
-            result = colorize_rgb(model, load_rgb(photo), args.size)  # the photo is freed here
+            result = colorize_rgb(model, load_rgb(photo), size)  # the photo is freed here
             print(f"{shown(photo)} -> {shown(save_rgb(result, target))}")
             del result
         except (DataError, OutputError) as exc:
@@ -167,16 +175,17 @@ def cmd_colorize(args):
         except MemoryError:
             failed += 1
             print(f"minicolor colorize: error: not enough memory for {shown(photo)}", file=sys.stderr)
-    if failed:
-        print(f"minicolor colorize: {failed} of {_plural(len(photos), 'photo')} failed", file=sys.stderr)
-        return 1
-    return 0
+    return failed
 
 
 def cmd_bench(args):
     from . import bench
 
     device = resolve_device(args.device)
+    runs = args.warmup + args.repeat  # of each timed step and layer; the overfit once
+    check_sim(device, max(args.widths or (16,)), args.size,
+              sim.TRAINING_STEP * (runs * (sum(args.batches or (1, 8)) + (args.layer_batch or 0))
+                                   + args.overfit_steps), "the benchmark")
     if not args.no_torch and not bench.torch_available():
         print("PyTorch is not installed, so only minicolor is timed: no torch or ratio columns "
               "(pip install torch to compare)")
@@ -198,15 +207,19 @@ def cmd_evaluate(args):
 
     from .data import load_rgb
     from .evaluate import (STANDARD, by_source, evaluate, find_photos, format_sources, format_table,
-                           standard_images)
+                           notes, standard_images)
 
-    model = load_model_or_shipped(args.weights, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model = load_model_or_shipped(args.weights, device)
     images = standard_images() if args.standard else {}
     photos = find_photos(args.images, root=args.root, taken=set(images))
-    images.update({name: load_rgb(path) for name, (path, _) in photos.items()})
-    if not images:
+    if not images and not photos:
         raise ValueError("give photos to evaluate, or --standard for the eight standard ones")
-    results = evaluate(model, images, size=args.size)
+    count = len(images) + len(photos)
+    check_sim(device, model.width, args.size, count, f"evaluating {_plural(count, 'photo')}")
+    images.update({name: load_rgb(path) for name, (path, _) in photos.items()})
+    with progress_on_sim(device, model, count):
+        results = evaluate(model, images, size=args.size)
     if not args.sources_only:
         print(format_table(results))
     sources = {name: source for name, (_, source) in photos.items() if source}
@@ -216,6 +229,7 @@ def cmd_evaluate(args):
         results["sources"] = by_source(results, sources)
         print()
         print(format_sources(results["sources"]))
+    print(notes(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
@@ -225,12 +239,15 @@ def cmd_activations(args):
     from .color import rgb_to_lab
     from .data import load_rgb, resize_rgb
 
-    model = load_model_or_shipped(args.weights, resolve_device(args.device))
+    device = resolve_device(args.device)
+    model = load_model_or_shipped(args.weights, device)
+    check_sim(device, model.width, args.size, 1, "a forward pass")
     rgb = load_rgb(args.image)
     rgb = resize_rgb(rgb, *network_size(rgb.shape[1], rgb.shape[0], args.size))
     l = rgb_to_lab(rgb.astype("float64") / 255.0)[..., 0]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    chosen = save_activation_grid(args.output, model, l, seed=args.seed)
+    with progress_on_sim(device, model, 1):
+        chosen = save_activation_grid(args.output, model, l, seed=args.seed)
     print(f"{args.output}: " + ", ".join(f"{name} kernel {k}" for name, k in chosen.items()))
 
 
@@ -253,8 +270,11 @@ def cmd_kernels(args):
 def cmd_profile(args):
     from . import profile
 
+    device = resolve_device(args.device)
+    check_sim(device, args.width, args.size, sim.TRAINING_STEP * args.batch * (args.warmup + 6),
+              f"{args.warmup + 6} training steps of batch {args.batch} (warm-up and 2 x 3 timed)")
     result = profile.profile(width=args.width, batch=args.batch, size=args.size,
-                             device=resolve_device(args.device), warmup=args.warmup,
+                             device=device, warmup=args.warmup,
                              graph=not args.no_graph)
     print(profile.format_table(result))
     if args.json:
@@ -267,6 +287,7 @@ def cmd_profile(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="minicolor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"minicolor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def graph_option(p):
@@ -277,8 +298,8 @@ def build_parser():
     def device_option(p):
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "sim"],
                        help="where to run: auto (cuda when a GPU is usable, else cpu), cpu, "
-                            "cuda, or sim (CUDA kernels in Numba's simulator; tiny inputs "
-                            "only) (default auto)")
+                            "cuda, or sim (the CUDA kernels in Numba's simulator, for learning; "
+                            f"it gets {sim.limit_text()}; more is refused) (default auto)")
 
     p = sub.add_parser("overfit", help="the report's experiment: overfit one photo",
                        description="Train ColorizationNet on one photo (the report's experiment) "
@@ -358,7 +379,7 @@ def build_parser():
                    help="photos, or folders of photos (color ones are made gray first)")
     p.add_argument("-o", "--out", default="colorized",
                    help="output folder (default colorized), or for one photo a file name "
-                        "ending in .png or .jpg")
+                        "ending in .png or .jpg (.jpeg); other formats are refused")
     p.add_argument("--overwrite", action="store_true",
                    help="replace results left by an earlier run instead of numbering new ones")
     p.add_argument("--weights", default=None,

@@ -28,6 +28,7 @@ from .data import resize_rgb
 from .images import find_images, load_rgb
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
+RESULT_SUFFIXES = (".png", ".jpg", ".jpeg")  # lossless, or a photo's usual; not GIF's 256 colors
 STRIP_PIXELS = 1 << 20  # pixels per strip of the full-size work (about 100 MB of temporaries)
 
 
@@ -119,9 +120,10 @@ def expand_inputs(inputs):
 def output_paths(stems, out, overwrite=False):
     """Where each result goes: ``out``/STEM_color.png, or the file ``out`` itself.
 
-    ``out`` is a file when it has an image suffix PIL can write (out.png, out.jpg) or is an
-    existing file; it then takes exactly one photo. No two results of one run share a name
-    (the later ones get -2, -3, ...); an existing file keeps its content unless ``overwrite``.
+    ``out`` is a file when it has an image suffix PIL knows (out.png, out.jpg) or is an
+    existing file; it then takes exactly one photo, and must end in .png, .jpg or .jpeg. No two
+    results of one run share a name (the later ones get -2, -3, ...); an existing file keeps its
+    content unless ``overwrite``.
     """
     out = Path(out)
     as_file = out.is_file() or (not out.is_dir() and out.suffix.lower() in Image.registered_extensions())
@@ -129,9 +131,9 @@ def output_paths(stems, out, overwrite=False):
         if len(stems) != 1:
             raise OutputError(f"-o {out} names one file, but {len(stems)} photos were given; "
                               "give a folder for several")
-        if out.suffix.lower() not in Image.registered_extensions():
-            raise OutputError(f"-o {out} is an existing file without an image suffix; give a "
-                              "folder, or a name ending in .png or .jpg")
+        if out.suffix.lower() not in RESULT_SUFFIXES:
+            raise OutputError(f"-o {out}: results are written as .png or .jpg (or .jpeg), not "
+                              f"{out.suffix or 'a file without a suffix'}; give such a name, or a folder")
         if out.exists() and not overwrite:
             raise OutputError(f"{out} exists; --overwrite replaces it")
         return [out]

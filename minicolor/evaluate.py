@@ -8,6 +8,13 @@ the photo's size, as ``minicolor colorize`` does). Then:
     PSNR          of the RGB result against the photo, in dB; model and gray baseline
     colorfulness  Hasler and Suesstrunk (2003) of the model's result, the gray baseline (0)
                   and the photo itself (how colorful it really is)
+    wash          the mean predicted chroma |ab| over the pixels whose true chroma is below 5:
+                  how far truly neutral areas (white walls, gray skies) are pushed off gray; the
+                  gray baseline's is 0, and smaller is better
+
+A photo that is already gray (fewer than 1% of its pixels with chroma 5 or more) has nothing to
+compare: gray is perfect there (PSNR near 100 dB) and would pull every mean its way. Such photos
+get a row, marked, but are left out of the means, and the table says which they are.
 
 The standard held-out photos come with scikit-image, scikit-learn and matplotlib (bundled in
 their wheels, nothing is downloaded): ``standard_images()``. Other photos come from files,
@@ -23,7 +30,7 @@ from .color import gray_to_rgb, lab_to_rgb, rgb_to_lab
 from .colorize import predict_lab
 from .data import load_rgb
 from .images import IMAGE_SUFFIXES, find_images
-from .metrics import auc, colorfulness, psnr
+from .metrics import already_gray, auc, colorfulness, psnr, wash
 
 STANDARD = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "china", "flower", "grace_hopper")
 
@@ -56,36 +63,74 @@ def evaluate_rgb(model, rgb, size=224):
     pred_rgb = lab_to_rgb(pred)
     gray_rgb = gray_to_rgb(truth[..., 0])
     ab_true = np.moveaxis(truth[..., 1:], -1, 0)
+    ab_pred = np.moveaxis(pred[..., 1:], -1, 0)
     return {
-        "auc": auc(np.moveaxis(pred[..., 1:], -1, 0), ab_true),
+        "auc": auc(ab_pred, ab_true),
         "auc_gray": auc(np.zeros_like(ab_true), ab_true),
         "psnr": psnr(pred_rgb, truth_rgb),
         "psnr_gray": psnr(gray_rgb, truth_rgb),
         "colorfulness": colorfulness(pred_rgb),
         "colorfulness_gray": colorfulness(gray_rgb),
         "colorfulness_truth": colorfulness(truth_rgb),
+        "wash": wash(ab_pred, ab_true),
+        "wash_gray": wash(np.zeros_like(ab_true), ab_true),
+        "already_gray": already_gray(ab_true),
     }
 
 
+def mean_metrics(rows):
+    """The mean of each metric over ``rows`` (dicts of evaluate_rgb) that have it; None where
+    none does (the wash of photos without a neutral pixel)."""
+    keys = [k for k in rows[0] if k != "already_gray"]
+    values = {k: [r[k] for r in rows if r.get(k) is not None] for k in keys}
+    return {k: float(np.mean(v)) if v else None for k, v in values.items()}
+
+
 def evaluate(model, images, size=224):
-    """{name: metrics} for {name: RGB uint8}, plus "mean" over them."""
+    """{name: metrics} for {name: RGB uint8}, plus "mean" over the photos that are not already
+    gray (None if every one is)."""
     results = {name: evaluate_rgb(model, rgb, size) for name, rgb in images.items()}
-    keys = next(iter(results.values())).keys()
-    results["mean"] = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}
+    colored = [r for r in results.values() if not r["already_gray"]]
+    results["mean"] = mean_metrics(colored) if colored else None
     return results
 
 
+def gray_photos(results):
+    """The names of the photos that were already gray, left out of the means."""
+    return [name for name, r in results.items() if name != "mean" and r.get("already_gray")]
+
+
+def _number(value, width, digits):
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
 def format_table(results):
-    width = max([14] + [len(name) + 2 for name in results])  # long names keep the columns aligned
+    width = max([14] + [len(name) + 9 for name in results])  # long names keep the columns aligned
     header = (f"{'image':<{width}}{'AuC':>7}{'gray':>7}{'PSNR':>8}{'gray':>7}"
-              f"{'colorful':>10}{'gray':>6}{'truth':>7}")
+              f"{'colorful':>10}{'gray':>6}{'truth':>7}{'wash':>7}{'gray':>6}")
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         if name == "mean":
             lines.append("-" * len(header))
-        lines.append(f"{name:<{width}}{r['auc']:>7.3f}{r['auc_gray']:>7.3f}{r['psnr']:>8.2f}"
+            if r is None:
+                lines.append("mean: none, every photo is already gray")
+                continue
+        label = name + (" (gray)" if r.get("already_gray") else "")
+        lines.append(f"{label:<{width}}{r['auc']:>7.3f}{r['auc_gray']:>7.3f}{r['psnr']:>8.2f}"
                      f"{r['psnr_gray']:>7.2f}{r['colorfulness']:>10.1f}{r['colorfulness_gray']:>6.1f}"
-                     f"{r['colorfulness_truth']:>7.1f}")
+                     f"{r['colorfulness_truth']:>7.1f}{_number(r.get('wash'), 7, 1)}"
+                     f"{_number(r.get('wash_gray'), 6, 1)}")
+    return "\n".join(lines)
+
+
+def notes(results):
+    """What the tables' readers need to know: the wash column, and the photos left out."""
+    lines = ["wash: the mean predicted |ab| where the photo's own is below 5 (gray's is 0; smaller "
+             "is better)"]
+    gray = gray_photos(results)
+    if gray:
+        lines.append(f"left out of the means, already gray (under 1% of pixels with |ab| >= 5): "
+                     f"{', '.join(gray)}")
     return "\n".join(lines)
 
 
@@ -135,20 +180,21 @@ def find_photos(sources, root=None, taken=()):
 
 
 def by_source(results, sources):
-    """{source: mean metrics and "n"} over the photos of each source, and "all" over every photo.
+    """{source: mean metrics and "n"} over the photos of each source, and "all" over every photo;
+    photos already gray are left out (as from ``evaluate``'s mean).
 
     ``results`` as returned by ``evaluate``; ``sources`` maps photo name -> source.
     """
     groups = {}
     for name, source in sources.items():
-        if name in results and name != "mean":
+        if name in results and name != "mean" and not results[name].get("already_gray"):
             groups.setdefault(source or "(none)", []).append(results[name])
     groups = dict(sorted(groups.items()))
-    groups["all"] = [r for name, r in results.items() if name != "mean"]
+    groups["all"] = [r for name, r in results.items() if name != "mean" and not r.get("already_gray")]
     out = {}
     for source, rows in groups.items():
-        out[source] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        out[source]["n"] = len(rows)
+        if rows:
+            out[source] = {**mean_metrics(rows), "n": len(rows)}
     return out
 
 
@@ -156,7 +202,7 @@ def format_sources(groups, title="source"):
     """The per-source means as a table whose first column fits the longest source name."""
     width = max(len(title), *(len(name) for name in groups)) + 2
     header = (f"{title:<{width}}{'n':>4}{'AuC':>7}{'gray':>7}{'PSNR':>8}{'gray':>7}"
-              f"{'colorful':>10}{'truth':>7}{'ratio':>7}")
+              f"{'colorful':>10}{'truth':>7}{'ratio':>7}{'wash':>7}")
     lines = [header, "-" * len(header)]
     for name, r in groups.items():
         if name == "all":
@@ -164,5 +210,5 @@ def format_sources(groups, title="source"):
         ratio = r["colorfulness"] / r["colorfulness_truth"] if r["colorfulness_truth"] else float("nan")
         lines.append(f"{name:<{width}}{r['n']:>4d}{r['auc']:>7.3f}{r['auc_gray']:>7.3f}"
                      f"{r['psnr']:>8.2f}{r['psnr_gray']:>7.2f}{r['colorfulness']:>10.1f}"
-                     f"{r['colorfulness_truth']:>7.1f}{ratio:>7.2f}")
+                     f"{r['colorfulness_truth']:>7.1f}{ratio:>7.2f}{_number(r.get('wash'), 7, 1)}")
     return "\n".join(lines)

@@ -565,8 +565,11 @@ def _file_stem(item):
 
 
 def build(items, folder, ptxas, nvdisasm):
-    """Compile, assemble and disassemble each item, writing .ptx, .cubin and .sass to ``folder``."""
-    for item in items:
+    """Compile, assemble and disassemble each item, writing .ptx, .cubin and .sass to ``folder``;
+    a progress bar on stderr (the whole takes about a minute)."""
+    from tqdm.auto import tqdm
+
+    for item in tqdm(items, desc=f"compiling for {ARCH}", unit="kernel", file=sys.stderr):
         try:
             item.ptx = compile_ptx(item)
         except Exception as exc:  # the error text is the finding: keep it, go on with the rest
@@ -712,10 +715,13 @@ def _target_verdict(item):
 
 def report(dtypes=DTYPES, out=None, calls=None):
     """Build everything; returns (text, problems). ``problems`` is empty when all is well."""
-    problems = [f"{dist} is not installed ({INSTALL_HINT})" for dist in missing_wheels()]
+    missing = missing_wheels()
+    if missing:
+        return "", [f"the kernel report needs {', '.join(missing)}, not installed here ({INSTALL_HINT})"]
     ptxas, nvdisasm = tool("ptxas"), tool("nvdisasm")
-    if problems or not ptxas or not nvdisasm:
-        return "", problems or ["ptxas or nvdisasm not found"]
+    if not ptxas or not nvdisasm:
+        return "", [f"ptxas or nvdisasm not found ({INSTALL_HINT})"]
+    problems = []
     items, errors = record_launches(dtypes, calls)
     problems += errors
     problems += [f"{name}: a kernel in kernels/ that no call in LAUNCHER_CALLS launches"
@@ -761,8 +767,9 @@ def main(argv=None):
               "(NUMBA_ENABLE_CUDASIM=1); run it in a fresh process", file=sys.stderr)
         return 1
     text, problems = report(args.dtype, args.out)
-    print(text)
-    if args.out:
+    if text:
+        print(text)
+    if text and args.out:
         print(f"\n.ptx, .cubin and .sass of each kernel written to {args.out}")
     for problem in problems:
         print(f"minicolor kernels: error: {problem}", file=sys.stderr)

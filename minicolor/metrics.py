@@ -6,6 +6,10 @@
                        whose ab error is within a threshold, thresholds 0..150
     psnr               peak signal-to-noise ratio of RGB images in 0..1
     colorfulness       Hasler and Suesstrunk (2003)
+    wash               the mean predicted chroma |ab| where the truth is neutral (|ab| < 5):
+                       how far truly gray, white and black areas are pushed off gray
+    already_gray       whether a photo has no colors to compare (fewer than 1% of its pixels
+                       reach chroma 5): its gray baseline is perfect, so it says nothing
 """
 import numpy as np
 
@@ -58,3 +62,26 @@ def colorfulness(rgb):
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     rg, yb = r - g, 0.5 * (r + g) - b
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+NEUTRAL_CHROMA = 5.0  # |ab| below which a pixel counts as neutral: about the smallest tint one sees
+
+
+def chroma(ab):
+    """|ab| per pixel of ab with the channels first: (2, ...) -> (...)."""
+    ab = np.asarray(ab, np.float64)
+    return np.hypot(ab[0], ab[1])
+
+
+def wash(ab_pred, ab_true, threshold=NEUTRAL_CHROMA):
+    """Mean predicted chroma |ab| over the pixels whose true chroma is below ``threshold``,
+    ab as (2, H, W): 0 for gray (the baseline), larger as neutral areas get tinted (a sepia or
+    blue wash). None when no pixel of the truth is neutral."""
+    neutral = chroma(ab_true) < threshold
+    return float(chroma(ab_pred)[neutral].mean()) if neutral.any() else None
+
+
+def already_gray(ab_true, threshold=NEUTRAL_CHROMA, share=0.01):
+    """True when fewer than ``share`` of the pixels reach chroma ``threshold``: a black-and-white
+    photo (or one so faded) has no colors to compare a colorization with."""
+    return bool((chroma(ab_true) >= threshold).mean() < share)

@@ -25,8 +25,10 @@ REPORT_LOSS = {100: 40.0, 200: 31.0, 400: 24.0}  # read off the report's figures
 
 def overfit(image, steps=400, width=16, size=224, lr=1e-4, device="cpu", seed=0,
             out_dir="runs/overfit", report_steps=(100, 200, 400), progress=True, graph=None):
-    """Train on one photo; save grids at ``report_steps`` and the loss curve; return a summary.
+    """Train on one photo; save grids and report the loss at ``report_steps`` and at the last
+    step (a run of 20 steps reports step 20); save the loss curve; return a summary.
 
+    One progress bar covers the whole run; each report step prints a line above it.
     ``graph``: see Trainer (on cuda the step runs as a CUDA graph unless it is False).
     """
     if size % 8:
@@ -37,19 +39,26 @@ def overfit(image, steps=400, width=16, size=224, lr=1e-4, device="cpu", seed=0,
                       device=device, seed=seed, out_dir=out_dir, progress=progress,
                       log_every=10, graph=graph)
     floor = upsampling_floor(dataset.batch([0])[1], factor=4)
-    grids = []
+    marks = sorted({s for s in report_steps if s <= steps} | {steps})
+    grids, losses, drawing = [], {}, [0.0]  # drawing: seconds spent on the grids
+
+    def mark(trainer):
+        if trainer.step not in marks:
+            return None
+        started = time.perf_counter()
+        trainer.read_losses()  # this step's loss, if nothing has read it yet
+        losses[trainer.step] = trainer.history["train"][-1][1]
+        # the prediction whose loss the table reports: batchnorm as in training
+        grids.append(trainer.save_samples(out_dir / f"bridge_step{trainer.step}.png", batch_statistics=True))
+        drawing[0] += time.perf_counter() - started
+        return f"step {trainer.step}: loss {losses[trainer.step]:.2f}, grid {grids[-1]}"
+
     started = time.perf_counter()
-    for stop in sorted({s for s in report_steps if s <= steps} | {steps}):
-        trainer.fit(stop)
-        if stop in report_steps:
-            # the prediction whose loss the table reports: batchnorm as in training
-            grids.append(trainer.save_samples(out_dir / f"bridge_step{stop}.png", batch_statistics=True))
-    seconds = time.perf_counter() - started  # with the pictures; trainer.train_seconds without
+    trainer.fit(steps, on_step=mark)
     curve = trainer.save_loss_curve(out_dir / "loss.png", floor=floor)
-    losses = dict(trainer.history["train"])
     return {
-        "losses": {s: losses[s] for s in report_steps if s in losses},
-        "floor": floor, "seconds": trainer.train_seconds, "total_seconds": seconds,
+        "losses": losses, "floor": floor, "seconds": trainer.train_seconds - drawing[0],
+        "total_seconds": time.perf_counter() - started,  # with the pictures
         "device": trainer.device, "steps": steps,
         "grids": [str(g) for g in grids], "loss_curve": str(curve),
         "graph": trainer.graph_captured,

@@ -352,27 +352,27 @@ def format_table(result):
     unit = "GPU" if gpu else "wall"
     total = result["total_ms"] or 1.0
     head = (f"{'layer':<10} {'kind':<22} {'output shape':<18} {'forward ms':>10} {'backward ms':>11} "
-            f"{'share':>6}")
+            f"{'update ms':>9} {'share':>6}")
     if gpu:
-        head += f" {'host fwd ms':>11} {'host bwd ms':>11}"
+        head += f" {'host fwd ms':>11} {'host bwd ms':>11} {'host upd ms':>11}"
     title = (f"one training step of ColorizationNet(width {result['width']}), batch {result['batch']}, "
              f"{result['size']}x{result['size']}, on {result['device']} ({unit} time per layer)")
     lines = [title, head, "-" * len(head)]
 
-    def line(name, kind, shape, fwd, bwd, host_fwd=None, host_bwd=None):
-        text = (f"{name:<10} {kind:<22} {shape:<18} {fwd:>10.3f} {bwd:>11.3f} "
-                f"{100 * (fwd + bwd) / total:>5.1f}%")
+    def line(name, kind, shape, fwd=0.0, bwd=0.0, upd=0.0, host_fwd=0.0, host_bwd=0.0, host_upd=0.0):
+        text = (f"{name:<10} {kind:<22} {shape:<18} {fwd:>10.3f} {bwd:>11.3f} {upd:>9.3f} "
+                f"{100 * (fwd + bwd + upd) / total:>5.1f}%")
         if gpu:
-            text += f" {host_fwd:>11.3f} {host_bwd:>11.3f}"
+            text += f" {host_fwd:>11.3f} {host_bwd:>11.3f} {host_upd:>11.3f}"
         return text
 
     for r in result["rows"]:
         shape = "x".join(str(s) for s in r["shape"]) or "scalar"
         lines.append(line(r["layer"], r["kind"], shape, r["forward_ms"], r["backward_ms"],
-                          r["forward_host_ms"], r["backward_host_ms"]))
-    lines.append(line("autograd", "engine, between layers", "", 0.0, result["autograd_ms"],
-                      0.0, result["autograd_host_ms"]))
-    lines.append(line("update", "Adam", "", result["update_ms"], 0.0, result["update_host_ms"], 0.0))
+                          host_fwd=r["forward_host_ms"], host_bwd=r["backward_host_ms"]))
+    lines.append(line("autograd", "engine, between layers", "", bwd=result["autograd_ms"],
+                      host_bwd=result["autograd_host_ms"]))
+    lines.append(line("update", "Adam", "", upd=result["update_ms"], host_upd=result["update_host_ms"]))
     lines.append("-" * len(head))
     forward = sum(r["forward_ms"] for r in result["rows"])
     backward = sum(r["backward_ms"] for r in result["rows"]) + result["autograd_ms"]
@@ -395,8 +395,9 @@ def format_table(result):
     return "\n".join(lines)
 
 
-def save_chart(result, path):
-    """A horizontal bar per layer: forward and backward time, stacked."""
+def chart(result):
+    """A matplotlib figure: a horizontal bar per layer, forward and backward time stacked, and
+    the update's own bar; the legend sits outside the axes, where it covers no bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -408,7 +409,7 @@ def save_chart(result, path):
     backward = np.array([r["backward_ms"] for r in rows] + [0.0])
     update = np.zeros(len(names))
     update[-1] = result["update_ms"]
-    fig, ax = plt.subplots(figsize=(8, 0.16 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(9, 0.16 * len(names) + 1.5))
     positions = np.arange(len(names))[::-1]
     ax.barh(positions, forward, color="tab:blue", label="forward")
     ax.barh(positions, backward, left=forward, color="tab:orange", label="backward")
@@ -419,8 +420,16 @@ def save_chart(result, path):
     ax.set_xlabel(f"{unit} time (ms)")
     ax.set_title(f"width {result['width']}, batch {result['batch']}, {result['size']}px, "
                  f"{result['device']}: {result['total_ms']:.1f} ms", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
+    return fig
+
+
+def save_chart(result, path):
+    """Draw ``chart`` into a PNG file."""
+    import matplotlib.pyplot as plt
+
+    fig = chart(result)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

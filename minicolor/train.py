@@ -9,7 +9,7 @@ What it leaves in ``out_dir``:
     metrics.jsonl        one JSON object per logged step or validation
     loss.png             the loss curve (MSE per ab value, Lab units²)
     samples_XXXXXX.png   original | prediction grids, as in the report
-    checkpoint.npz       written atomically; loaded with allow_pickle=False
+    checkpoint.npz       written atomically, read as untrusted input (checkpoint.py)
 
 On ``cuda`` the step runs as a CUDA graph by default (``graph=None``; see graph.py): a few
 eager warm-up steps, then the whole step captured once and replayed, the batch copied into
@@ -21,6 +21,7 @@ reported loss is the training loss times 110². That is the unit of the report's
 """
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,9 +30,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend, color, graph as step_graph, optim, viz
+from .checkpoint import load_state, read_state, save_npz_atomic, section
 from .data import batch_indices, data_identity
 from .functional import mse_loss
-from .models import ColorizationNet
 from .tensor import Tensor, no_grad
 
 LOSS_UNIT = color.AB_SCALE**2  # normalised MSE -> MSE in Lab units
@@ -205,9 +206,15 @@ class Trainer:
         return total / count * LOSS_UNIT
 
     # --- the loop ---------------------------------------------------------------------------
-    def fit(self, steps):
-        """Train until step ``steps`` (counting steps done before a resume)."""
+    def fit(self, steps, on_step=None):
+        """Train until step ``steps`` (counting steps done before a resume).
+
+        ``on_step(trainer)``, if given, runs after every step; a line it returns is printed
+        above the progress bar (``overfit`` saves and announces its grids so, on one bar)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        note = busy_cpu_note(self.device) if self.step < steps else None
+        if note:
+            tqdm.write(note, file=sys.stderr)
         bar = tqdm(total=steps, initial=self.step, disable=not self.progress, unit="step",
                    desc=f"training on {self.device}")
         started, first_step = time.perf_counter(), self.step
@@ -228,10 +235,15 @@ class Trainer:
                     val = self.validate()
                     self.history["val"].append((self.step, val))
                     self.log({"step": self.step, "val_loss": val})
+                    bar.write(f"step {self.step}: validation loss {val:.2f}"
+                              + (f", training loss {loss:.2f}" if loss is not None else ""))
                 if self._due(self.sample_every, steps):
                     self.save_samples()
                 if self._due(self.checkpoint_every, steps):
                     self.save_checkpoint()
+                line = on_step(self) if on_step is not None else None
+                if line:
+                    bar.write(line)
             self.read_losses()  # any left (when nothing logs the last step)
             self.train_seconds += time.perf_counter() - started
         except KeyboardInterrupt:
@@ -307,11 +319,13 @@ class Trainer:
         A weights file (no optimizer state, no step) is refused: ``load_weights`` starts from
         one. Training on other data than the checkpoint's (``data.data_identity``) is allowed,
         with a warning."""
-        arrays, config = read_npz(path)
+        arrays, config = read_state(path, self.model)
         if "trainer" not in config:
             raise ValueError(f"{path} is a weights file (no optimizer state, no step), not a "
                              "checkpoint.npz; it cannot be resumed exactly")
-        _check_model(path, config, self.model)
+        if "step" not in arrays or int(arrays["step"]) < 0 or "history" not in config:
+            raise ValueError(f"{path} is a checkpoint without a step number or loss history; "
+                             "it cannot be resumed exactly")
         if config["trainer"]["seed"] != self.seed or config["trainer"]["batch_size"] != self.batch_size:
             raise ValueError(f"checkpoint {path} was trained with {config['trainer']}; this trainer "
                              f"has {self.config}: the batches would differ")
@@ -320,31 +334,40 @@ class Trainer:
             warnings.warn(f"checkpoint {path} was trained on other data ({old['kind']}, "
                           f"{old['images']} training images) than this run's ({new['kind']}, "
                           f"{new['images']}); training goes on with this run's data", stacklevel=2)
-        _load_state(path, self.model, _section(arrays, "model/"))
-        self.optimizer.load_state_dict(_section(arrays, "optim/"))
+        load_state(path, self.model, section(arrays, "model/"))
+        try:
+            self.optimizer.load_state_dict(section(arrays, "optim/"))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{path} holds no state for this trainer's {self.config['optimizer']} "
+                             f"optimizer ({type(exc).__name__}: {exc})") from exc
         self._graph = None  # capture again: the graph recorded the addresses of the state before
         self.step = int(arrays["step"])
-        self.history = {k: [tuple(p) for p in v] for k, v in config["history"].items()}
+        self.history = {k: [tuple(p) for p in config["history"].get(k, [])] for k in ("train", "val")}
         return self
 
     def load_weights(self, path):
         """Start from the weights of a weights or checkpoint file, at step 0, with the optimizer
         as it is (fresh, before training)."""
-        arrays, config = read_npz(path)
-        _check_model(path, config, self.model)
-        _load_state(path, self.model, _section(arrays, "model/"))
+        arrays, _ = read_state(path, self.model, optimizer_state=False)
+        load_state(path, self.model, section(arrays, "model/"))
         return self
 
 
-def init_from(model, path):
-    """Copy the weights of ``path`` whose names and shapes match ``model`` (fine-tuning)."""
-    arrays, _ = read_npz(path)
-    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    state = {k: v for k, v in _section(arrays, "model/").items()
-             if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    model.load_state_dict(state, strict=False)
-    fresh = sorted(set(own) - set(state))
-    return f"{len(state)} arrays copied" + (f", fresh: {', '.join(fresh)}" if fresh else "")
+def busy_cpu_note(device):
+    """A line of advice when training on CPU cores that other processes keep busy, else None.
+
+    NumPy's OpenBLAS splits each matrix product over all cores, and its threads spin while they
+    wait for each other; when another process holds a core, every product waits for the thread
+    that is not running. One thread was 3 to 7 times faster on a busy 2-core machine
+    (docs/benchmarks.md, *Threads on a busy machine*)."""
+    cores = backend.cpu_count()
+    if device != "cpu" or cores < 2 or os.environ.get("OPENBLAS_NUM_THREADS") == "1":
+        return None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load < cores:
+        return None
+    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores); training may run several "
+            "times faster with OPENBLAS_NUM_THREADS=1 set before the command")
 
 
 def fit_class_weights(model, dataset, seed=0, max_images=512, batch_size=16):
@@ -354,82 +377,3 @@ def fit_class_weights(model, dataset, seed=0, max_images=512, batch_size=16):
     order = rng.permutation(len(dataset))[:n]
     batches = (dataset.batch(order[i:i + batch_size], rng)[1] for i in range(0, n, batch_size))
     return model.fit_class_weights(batches)
-
-
-def save_npz_atomic(path, arrays):
-    """Write arrays to ``path`` (.npz) through a temporary file and a rename, so a crash
-    leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_npz(path):
-    """(arrays, config dict) from a checkpoint or weights file, without unpickling anything."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint or weights file at {path}")
-    expected = "expected a checkpoint.npz or weights.npz written by minicolor"
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            raise ValueError(f"it holds one array of shape {loaded.shape} (a .npy file)")
-        with loaded as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as exc:  # OSError, BadZipFile, EOFError, zlib.error, ...: a damaged file
-        raise ValueError(f"{path} is not a minicolor checkpoint: {expected} "
-                         f"({type(exc).__name__}: {exc}; truncated or damaged?)") from exc
-    if "config" not in arrays:
-        raise ValueError(f"{path} has no 'config' entry; it was not written by minicolor ({expected})")
-    try:
-        config = json.loads(str(arrays["config"]))
-    except ValueError as exc:
-        raise ValueError(f"{path} has a damaged 'config' entry ({exc}); {expected}") from exc
-    if not isinstance(config, dict) or "model" not in config:
-        raise ValueError(f"{path} has no model description in its 'config'; {expected}")
-    return arrays, config
-
-
-def _check_model(path, config, model):
-    """Refuse, clearly, a file whose network differs from ``model`` in width or head."""
-    saved = {"width": config["model"].get("width"), "head": config["model"].get("head", "regression")}
-    own = {k: model.config()[k] for k in ("width", "head")}
-    if saved != own:
-        raise ValueError(f"{path} holds a network with width {saved['width']} and head "
-                         f"{saved['head']}; this one has width {own['width']} and head {own['head']} "
-                         f"(give --width {saved['width']} --head {saved['head']})")
-
-
-def _load_state(path, model, state):
-    try:
-        return model.load_state_dict(state)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{path} does not fit the network it describes: {exc}") from exc
-
-
-def _section(arrays, prefix):
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-def load_model(path, device="cpu"):
-    """A ColorizationNet with the weights of a checkpoint or weights file."""
-    arrays, config = read_npz(path)
-    try:
-        model = ColorizationNet(**config["model"])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path} describes no ColorizationNet ({config['model']}): {exc}") from exc
-    state = {k: v.astype(np.float32) for k, v in _section(arrays, "model/").items()}
-    return _load_state(path, model, state).to(device)
-
-
-def save_weights(path, model, dtype=np.float32, extra=None):
-    """Weights only (no optimizer), optionally in float16 to halve the file."""
-    arrays = {f"model/{k}": v.astype(dtype) for k, v in model.state_dict().items()}
-    arrays["config"] = np.asarray(json.dumps({"model": model.config(), **(extra or {})}))
-    save_npz_atomic(path, arrays)
-    return path

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from minicolor.models import ColorizationNet
-from minicolor.train import load_model, save_npz_atomic
+from minicolor.checkpoint import load_model, save_npz_atomic
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 import average_weights  # noqa: E402

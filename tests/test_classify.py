@@ -6,7 +6,7 @@ from minicolor import functional as F
 from minicolor import gradcheck, optim, quantize, tensor
 from minicolor.color import normalize_ab
 from minicolor.models import ColorizationNet
-from minicolor.train import load_model, save_weights
+from minicolor.checkpoint import load_model, save_weights
 
 from conftest import torch_or_skip
 

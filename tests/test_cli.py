@@ -113,7 +113,7 @@ def test_summary(capsys):
 
 def test_activations_figure(photo, tmp_path, capsys):
     from minicolor.models import ColorizationNet
-    from minicolor.train import save_weights
+    from minicolor.checkpoint import save_weights
 
     weights = save_weights(tmp_path / "w.npz", ColorizationNet(2))
     figure = tmp_path / "fig" / "act.png"

@@ -18,7 +18,7 @@ from minicolor.activations import network_size
 from minicolor.data import ImageFolder
 from minicolor.evaluate import format_table
 from minicolor.models import ColorizationNet
-from minicolor.train import save_weights
+from minicolor.checkpoint import save_weights
 
 
 def write_png(path, array, bit_depth, color_type, width=None, height=None):
@@ -40,7 +40,7 @@ def write_png(path, array, bit_depth, color_type, width=None, height=None):
 
 @pytest.fixture(autouse=True)
 def quiet_about_a_busy_cpu(monkeypatch):
-    """No note about a busy machine in the stderr these tests read (test_busy_cpu_note tests it)."""
+    """No note about a busy machine in the stderr these tests read (test_first_use.py tests it)."""
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
 
 
@@ -259,7 +259,7 @@ def test_output_file(tmp_path, rng, weights, capsys):
     notes = tmp_path / "notes"
     notes.write_text("keep me")
     code, _, err = run(["colorize", str(photo), "-o", str(notes)] + common, capsys)
-    assert code == 1 and "without an image suffix" in err and notes.read_text() == "keep me"
+    assert code == 1 and "not a file without a suffix" in err and notes.read_text() == "keep me"
 
 
 def test_unreadable_photos_are_reported_and_the_rest_colorized(tmp_path, rng, weights, capsys):
@@ -401,25 +401,12 @@ def test_resume_from_weights_past_steps_and_on_other_data(tmp_path, rng, capsys)
     assert "warning: checkpoint" in err and "was trained on other data (folder, 1 training images)" in err
 
 
-def test_busy_cpu_note(monkeypatch):
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    monkeypatch.setattr(backend, "cpu_count", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
-    assert "load 5.0 on 2 cores" in cli.busy_cpu_note("cpu") and cli.busy_cpu_note("cuda") is None
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert cli.busy_cpu_note("cpu") is None
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
-    assert cli.busy_cpu_note("cpu") is None
-
-
 # --- smaller items -------------------------------------------------------------------------------
 def test_evaluate_table_keeps_long_names_aligned():
     row = dict(auc=0.9, auc_gray=0.8, psnr=25.0, psnr_gray=22.0, colorfulness=10.0,
                colorfulness_gray=0.0, colorfulness_truth=30.0)
     table = format_table({"a": row, "a_very_long_photo_name_from_a_camera": row, "mean": row})
-    lines = table.splitlines()
-    rows = [line for line in lines if not line.startswith("-")]
+    rows = [line for line in table.splitlines() if not line.startswith("-")]
     assert len({len(line) for line in rows}) == 1
     assert len({line.index("0.900") for line in rows[1:]}) == 1
 

@@ -208,6 +208,16 @@ def test_cli_has_the_kernels_command():
     assert args.run is cmd_kernels and args.dtype == ["float32"] and args.out == "ptx"
 
 
+def test_a_missing_kernels_extra_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(kr, "missing_wheels", lambda: list(kr.WHEELS.values()))
+    monkeypatch.setattr("minicolor.backend.simulator_enabled", lambda: False)
+    assert kr.main([]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("minicolor kernels: error: the kernel report needs numba-cuda, nvidia-nvvm")
+    assert kr.INSTALL_HINT in err
+
+
 def _compile_wheels_missing():
     missing = []
     for dist in ("nvidia-nvvm", "numba-cuda"):
@@ -224,6 +234,7 @@ def _compile_wheels_missing():
 def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
     done = kr.run_subprocess(["--out", str(tmp_path)], capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, f"the kernel report failed:\n{done.stdout}\n{done.stderr}"
+    assert "compiling for sm_90: 100%" in done.stderr  # the minute of compiling shows progress
     print(done.stdout)  # the report, for pytest -s and CI logs
     # every tile shape of both conv kernels (128 x 128 in float32, 64 x 64 in float64, 32 x 128, 32 x 32)
     conv = [f"conv2d.{kernel}.{tile}.{dtype}" for kernel in ("gather_gemm", "weight_gemm")

@@ -52,3 +52,18 @@ def test_relus_fused_into_batchnorm_get_no_row(monkeypatch):
     result = profile.profile(width=2, batch=1, size=16, device="cpu", warmup=1, repeat=1)
     rows = {r["layer"]: r for r in result["rows"]}
     assert not fused & set(rows) and rows["group1.4"]["kind"] == "relu + batchnorm"
+
+
+def test_the_update_has_its_own_column_and_its_bar_is_not_under_the_legend():
+    result = profile.profile(width=2, batch=1, size=16, device="cpu", warmup=1, repeat=1)
+    lines = profile.format_table(result).splitlines()
+    assert lines[1].split()[-3:] == ["update", "ms", "share"]
+    update = next(line for line in lines if line.startswith("update     Adam")).split()
+    assert update[2:4] == ["0.000", "0.000"] and float(update[4]) == round(result["update_ms"], 3)
+    result["update_ms"] = 10 * max(r["forward_ms"] + r["backward_ms"] for r in result["rows"])
+    fig = profile.chart(result)  # the update as the longest bar: the lower right is taken
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    bar = ax.containers[2].patches[-1].get_window_extent()  # the update's bar
+    assert bar.width > 100 and not legend.overlaps(bar)

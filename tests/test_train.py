@@ -8,7 +8,8 @@ from PIL import Image
 from minicolor.data import ImageFolder, split
 from minicolor.metrics import upsampling_floor
 from minicolor.models import ColorizationNet
-from minicolor.train import Trainer, TrainingDiverged, load_model, read_npz, save_weights
+from minicolor.checkpoint import load_model, read_npz, save_weights
+from minicolor.train import Trainer, TrainingDiverged
 
 
 @pytest.fixture
