@@ -54,7 +54,7 @@ WHEELS = {"numba-cuda": "numba-cuda", "nvvm": "nvidia-nvvm", "ptxas": "nvidia-cu
           "nvdisasm": "nvidia-cuda-nvdisasm"}
 INSTALL_HINT = "pip install 'minicolor[kernels]'"
 # Modules whose kernels get the instruction mix of their main loop (the conv passes).
-MAIN_LOOP_MODULES = ("conv2d",)
+MAIN_LOOP_MODULES = ("conv2d_naive", "conv2d_tiled")
 
 
 # --- the H100 and the occupancy arithmetic ---------------------------------------------------------
@@ -321,37 +321,47 @@ def _zeros(shape, dtype):
     return np.zeros(shape, dtype)
 
 
-# Conv layers whose three passes reach every tile shape of kernels/conv2d.py (``_tiles``):
-# name: (x shape, w shape, stride, padding). The comments say which tile each pass gets.
+# Conv layers whose three passes reach every tile shape of kernels/conv2d_tiled.py
+# (``choose_tile``): name: (x shape, w shape, stride, padding). The comments say which tile each
+# pass gets (float64: 64 x 64 where float32 gets 128 x 128). The arrays are only recorded, never
+# run, so "big" may be big: it needs 132 blocks of 128 x 128 to get that tile.
 CONV_LAYERS = {
-    "big": ((2, 64, 9, 9), (64, 64, 3, 3), 2, 1),  # all three 128 x 128 (float64: 64 x 64);
-    # grad-input in 4 stride phases, grad-weight split in 3 along K (``splits=3``)
+    "big": ((2, 64, 192, 192), (64, 64, 3, 3), 2, 1),  # all three 128 x 128; grad-input in 4
+    # stride phases, grad-weight split in 3 along K (``splits=3``)
+    "late": ((1, 128, 14, 14), (128, 128, 3, 3), 1, 1),  # forward, grad-input 64 x 64 (2 blocks
+    # of 128 x 128 would leave 130 SMs idle); grad-weight 128 x 128 (split-K fills the GPU)
     "first": ((2, 1, 9, 9), (16, 1, 3, 3), 1, 1),  # forward, grad-input 32 x 128; grad-weight
     # (9 taps + bias = 10 columns) 32 x 32
     "head": ((2, 64, 9, 9), (2, 64, 1, 1), 1, 0),  # forward, grad-weight 32 x 128 (2 filters)
     "tiny": ((1, 8, 4, 4), (8, 8, 3, 3), 1, 1),  # forward, grad-input 32 x 32 (16 pixels)
 }
+NAIVE_LAYER = ((2, 3, 9, 8), (4, 3, 3, 3), 2, 1)  # the naive kernels: one signature each
 CONV_PASSES = ("forward", "grad-input", "grad-weight")  # the first word of each conv call's label
 
 
+def _conv_pass_calls(module, layer, x_shape, w_shape, stride, padding, dtype, splits=None):
+    """(label, call) for the three passes of one conv layer through one version's launchers."""
+    x, w, b = _zeros(x_shape, dtype), _zeros(w_shape, dtype), _zeros(w_shape[0], dtype)
+    geometry = ((stride, stride), (padding, padding), (1, 1))
+    ho, wo = ((size + 2 * padding - k) // stride + 1 for size, k in zip(x_shape[2:], w_shape[2:]))
+    gy = _zeros((x_shape[0], w_shape[0], ho, wo), dtype)
+    split = {"splits": splits} if splits else {}
+    return [(f"forward {layer}", lambda: module.forward(x, w, b, *geometry)),
+            (f"grad-input {layer}", lambda: module.backward_data(gy, w, x.shape, *geometry)),
+            (f"grad-weight {layer}" + (f" split-K {splits}" if splits else ""),
+             lambda: module.backward_weight(gy, x, w.shape, *geometry, **split))]
+
+
 def _conv2d_calls(dtype):
-    from minicolor.kernels import conv2d
+    """Both versions of kernels/conv2d.py: the tiled one on every layer of CONV_LAYERS, the
+    naive one on NAIVE_LAYER (its kernels have no tile shapes to reach)."""
+    from minicolor.kernels import conv2d_naive, conv2d_tiled
 
     calls = []
     for layer, (x_shape, w_shape, stride, padding) in CONV_LAYERS.items():
-        x, w, b = _zeros(x_shape, dtype), _zeros(w_shape, dtype), _zeros(w_shape[0], dtype)
-        geometry = ((stride, stride), (padding, padding), (1, 1))
-        ho, wo = ((size + 2 * padding - k) // stride + 1 for size, k in zip(x_shape[2:], w_shape[2:]))
-        gy = _zeros((x_shape[0], w_shape[0], ho, wo), dtype)
-        splits = 3 if layer == "big" else None
-        calls += [(f"forward {layer}", lambda x=x, w=w, b=b, g=geometry: conv2d.forward(x, w, b, *g)),
-                  (f"grad-input {layer}",
-                   lambda gy=gy, w=w, s=x.shape, g=geometry: conv2d.backward_data(gy, w, s, *g)),
-                  (f"grad-weight {layer}" + (f" split-K {splits}" if splits else ""),
-                   lambda gy=gy, x=x, s=w.shape, g=geometry, k=splits:
-                   conv2d.backward_weight(gy, x, s, *g, splits=k))]
-    x, w, b = _zeros((2, 3, 9, 8), dtype), _zeros((4, 3, 3, 3), dtype), _zeros(4, dtype)
-    return calls + [("naive", lambda: conv2d.forward_naive(x, w, b, (2, 2), (1, 1), (1, 1)))]
+        calls += _conv_pass_calls(conv2d_tiled, layer, x_shape, w_shape, stride, padding, dtype,
+                                  splits=3 if layer == "big" else None)
+    return calls + _conv_pass_calls(conv2d_naive, "naive", *NAIVE_LAYER, dtype)
 
 
 def _batchnorm_calls(dtype):
@@ -677,9 +687,9 @@ TARGET_DTYPE = "float32"
 
 
 def _main_tiles():
-    from minicolor.kernels import conv2d
+    from minicolor.kernels import conv2d_tiled
 
-    return conv2d.WIDE
+    return conv2d_tiled.WIDE
 
 
 def target_checks(items, main_tiles=None):
