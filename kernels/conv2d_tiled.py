@@ -514,19 +514,53 @@ def _tables(kind, g, bk, xp):
 
 
 # --- the launchers: same functions, same arguments as reference/conv2d.py ---------------------------
+class Plan(NamedTuple):
+    """How one pass is launched: its tile, its grid (column tiles, row tiles, phases or splits)."""
+    tile: Tile
+    grid: tuple
+    per_split: int = 0  # grad-weight: pixels reduced by each block along grid axis z
+
+    @property
+    def blocks(self):
+        return math.prod(self.grid)
+
+
+def plan(conv_pass, g, dtype, splits=None):
+    """The Plan of ``conv_pass`` ("forward", "grad-input" or "grad-weight") for Geometry g.
+
+    grad-weight's ``splits`` (default: by size) cuts its reduction over N*Ho*Wo pixels into
+    ranges: enough blocks to fill the GPU (2 per SM), each reducing at least 512 pixels.
+    """
+    if conv_pass == "forward":  # C = y: F rows, N*Ho*Wo columns
+        tile = choose_tile(g.f, g.n * g.ho * g.wo, dtype)
+        return Plan(tile, (math.ceil(g.n * g.ho * g.wo / tile.bn), math.ceil(g.f / tile.bm), 1))
+    if conv_pass == "grad-input":  # C = gx: C rows; sh*sw phases of at most this many columns each
+        columns = g.n * math.ceil(g.h / g.sh) * math.ceil(g.w / g.sw)
+        tile = choose_tile(g.c, columns, dtype, phases=g.sh * g.sw)
+        return Plan(tile, (math.ceil(columns / tile.bn), math.ceil(g.c / tile.bm), g.sh * g.sw))
+    if conv_pass != "grad-weight":
+        raise ValueError(f"conv_pass must be forward, grad-input or grad-weight, got {conv_pass!r}")
+    pixels, k = g.n * g.ho * g.wo, g.c * g.kh * g.kw  # C = [gw | gb]: F rows, K + 1 columns
+    tile = choose_tile(g.f, k + 1, dtype, phases=None)  # split-K fills the GPU
+    tiles = (math.ceil((k + 1) / tile.bn), math.ceil(g.f / tile.bm))
+    if splits is None:
+        splits = max(1, min(math.ceil(2 * SMS / math.prod(tiles)), pixels // 512))
+    per_split = _round_up(math.ceil(pixels / splits), tile.bk)
+    return Plan(tile, (*tiles, math.ceil(pixels / per_split)), per_split)
+
+
 def forward(x, w, b, stride, padding, dilation):
     """y = conv2d(x, w) + b; returns (y, x): grad-weight re-gathers from x."""
     xp = get_array_module(x)
     g = geometry(x.shape, w.shape, stride, padding, dilation)
-    tile = choose_tile(g.f, g.n * g.ho * g.wo, x.dtype)
-    k, m_pad = g.c * g.kh * g.kw, _round_up(g.f, tile.bm)
+    tile, grid, _ = plan("forward", g, x.dtype)
+    k, m_pad = g.c * g.kh * g.kw, grid[1] * tile.bm
     a = xp.zeros((_round_up(k, tile.bk), m_pad), dtype=x.dtype)  # A^T = w as (K x F), zero-padded
     a[:k, :g.f] = w.reshape(g.f, k).T
     taps, phases = _tables("forward", g, tile.bk, xp)
     y = kernels.empty(xp, (g.n, g.f, g.ho, g.wo), x.dtype)
     check_32bit(x, y)
     bias = xp.ascontiguousarray(b) if b is not None else kernels.empty(xp, 1, x.dtype)  # (unread)
-    grid = (math.ceil(g.n * g.ho * g.wo / tile.bn), m_pad // tile.bm, 1)
     kernels.launch(_gather_gemm(x.dtype, tile), grid, tile.threads,
                    a.reshape(-1), xp.ascontiguousarray(x).ravel(), y.reshape(-1), bias, taps, phases,
                    g.f, m_pad, g.n, g.h, g.w, g.c * g.h * g.w,
@@ -539,16 +573,14 @@ def backward_data(gy, w, x_shape, stride, padding, dilation):
     """gx, one sub-problem per stride phase (grid axis z): see _backward_data_plan."""
     xp = get_array_module(gy)
     g = geometry(x_shape, w.shape, stride, padding, dilation)
-    most_columns = g.n * math.ceil(g.h / g.sh) * math.ceil(g.w / g.sw)  # in the largest phase
-    tile = choose_tile(g.c, most_columns, gy.dtype, phases=g.sh * g.sw)
+    tile, grid, _ = plan("grad-input", g, gy.dtype)
     taps, valid, a_rows, phases = _tables("backward_data", g, tile.bk, xp)
-    m_pad = _round_up(g.c, tile.bm)
+    m_pad = grid[1] * tile.bm
     a = xp.zeros((taps.size // 3, m_pad), dtype=gy.dtype)  # rows of w^T for every phase's taps
     a[valid, :g.c] = xp.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(g.kh * g.kw * g.f, g.c)[a_rows]
     gx = kernels.empty(xp, tuple(x_shape), gy.dtype)
     check_32bit(gx, gy)
     unused = kernels.empty(xp, 1, gy.dtype)  # no bias (not gx twice: the simulator copies arguments back)
-    grid = (math.ceil(most_columns / tile.bn), m_pad // tile.bm, g.sh * g.sw)
     kernels.launch(_gather_gemm(gy.dtype, tile), grid, tile.threads,
                    a.reshape(-1), xp.ascontiguousarray(gy).ravel(), gx.reshape(-1), unused, taps, phases,
                    g.c, m_pad, g.n, g.ho, g.wo, g.f * g.ho * g.wo,
@@ -561,20 +593,14 @@ def backward_weight(gy, x, w_shape, stride, padding, dilation, splits=None):
     """Gradients for w and b, from one kernel; ``splits`` (default: by size) cuts the reduction."""
     xp = get_array_module(gy)
     g = geometry(x.shape, w_shape, stride, padding, dilation)
-    pixels, k = g.n * g.ho * g.wo, g.c * g.kh * g.kw
-    tile = choose_tile(g.f, k + 1, gy.dtype, phases=None)  # split-K fills the GPU
-    if splits is None:  # enough blocks to fill an H100 (2 per SM), each reducing >= 512 pixels
-        tiles = math.ceil(g.f / tile.bm) * math.ceil((k + 1) / tile.bn)
-        splits = max(1, min(math.ceil(2 * SMS / tiles), pixels // 512))
-    per_split = _round_up(math.ceil(pixels / splits), tile.bk)
-    splits = math.ceil(pixels / per_split)
-    partial = kernels.empty(xp, (splits, g.f, k + 1), gy.dtype)
+    tile, grid, per_split = plan("grad-weight", g, gy.dtype, splits)
+    k = g.c * g.kh * g.kw
+    partial = kernels.empty(xp, (grid[2], g.f, k + 1), gy.dtype)
     check_32bit(gy, x, partial)
-    grid = (math.ceil((k + 1) / tile.bn), math.ceil(g.f / tile.bm), splits)
     kernels.launch(_weight_gemm(gy.dtype, tile), grid, tile.threads,
                    xp.ascontiguousarray(gy).ravel(), xp.ascontiguousarray(x).ravel(), partial.reshape(-1),
                    _tables("weight", g, tile.bk, xp),
-                   g.c * g.h * g.w, g.h, g.w, g.f, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, k, pixels,
-                   per_split)
-    total = partial[0] if splits == 1 else partial.sum(axis=0)
+                   g.c * g.h * g.w, g.h, g.w, g.f, g.ho, g.wo, g.sh, g.sw, g.ph, g.pw, k,
+                   g.n * g.ho * g.wo, per_split)
+    total = partial[0] if grid[2] == 1 else partial.sum(axis=0)
     return xp.ascontiguousarray(total[:, :k]).reshape(w_shape), xp.ascontiguousarray(total[:, k])
