@@ -20,12 +20,13 @@ Three steps, each done by a tool that ships as a pip wheel (the ``kernels`` extr
    thread, spilled bytes, shared memory per block. From these and the block size of the launch,
    the theoretical occupancy on an H100 (``occupancy``).
 3. **Disassemble** the cubin with ``nvdisasm`` (``nvidia-cuda-nvdisasm`` wheel) and count the
-   instructions of the main loop of each conv kernel (``main_loop``). conv2d's factories build
-   one kernel per dtype and tile shape and set ``kernel.tiles`` = (BM, BN, BK, TM, TN, VEC):
-   the rows are named by tile (``conv2d.gather_gemm[128x128]``), and BK * TM * TN gives the
-   trip count of the inner loop. Last, ``target_checks`` says per conv pass whether the main
-   (128 x 128 float32) tiles meet the static targets: FMA share of the inner loop >= 60%, of
-   one pass >= 50%.
+   instructions of the main loop of each conv kernel (``main_loop``), in both versions (naive
+   and tiled, kernels/conv2d_*.py). The tiled version's factories build one kernel per dtype and
+   tile shape and set ``kernel.tiles`` = (BM, BN, BK, TM, TN, VEC): the rows are named by tile
+   (``conv2d_tiled.gather_gemm[128x128]``), and BK * TM * TN gives the trip count of the inner
+   loop. ``version_table`` puts the two versions side by side per pass, and ``target_checks``
+   says per conv pass whether the main (128 x 128 float32) tiles meet the static targets: FMA
+   share of the inner loop >= 60%, of one pass >= 50%.
 
 Exit status 1 if a kernel does not compile, a kernel was never launched by the calls here, a
 tool is missing, or any kernel spills registers to local memory. Simulator mode is decided when
@@ -432,8 +433,7 @@ def argument_type(value):
     numba/cuda/typing/typeof.py) and types them with ``_typeof_dlpack``: an Array of the same
     dtype and rank, layout C if C-contiguous (else F, else A), writable. Here each NumPy array
     goes through that same function, wrapped so that only its DLPack face shows. Python ints
-    become int64, floats float64, bools boolean and the geometry tuple UniTuple(int64, n), the
-    same on both.
+    become int64, floats float64 and bools boolean, the same on both.
     """
     import numpy as np
     from numba.cuda.typing.typeof import Purpose, typeof
@@ -446,7 +446,7 @@ def argument_type(value):
 @dataclass
 class Compiled:
     """One kernel compiled for one signature."""
-    name: str  # e.g. conv2d.gather_gemm[128x128]
+    name: str  # e.g. conv2d_tiled.gather_gemm[128x128]
     dtype: str
     kernel: object = field(repr=False)
     argtypes: tuple = ()
@@ -494,7 +494,7 @@ def record_launches(dtypes=DTYPES, calls=None):
 
 def _display_name(kernel, label):
     """module.kernel, and for a kernel made by a factory what tells its variants apart: the
-    tile shape it was built for (``kernel.tiles``, set by conv2d's factories), else the label of
+    tile shape it was built for (``kernel.tiles``, set by conv2d_tiled's factories), else the label of
     the launcher call that first launched it."""
     module = kernel.py_func.__module__.rsplit(".", 1)[-1]
     qualname = kernel.py_func.__qualname__
@@ -720,6 +720,26 @@ def _target_verdict(item):
             + ("met" if met else "NOT MET"))
 
 
+def version_table(items, main_tiles=None):
+    """Both conv versions side by side, per pass, float32: the naive kernel's inner loop (one
+    multiply-add per tap) against one pass of the tiled kernel's reduction loop on its main tile.
+    Per multiply-add: instructions, loads from global memory (LDG) and from shared memory (LDS)."""
+    main_tiles = main_tiles or _main_tiles()
+    rows = []
+    for conv_pass in CONV_PASSES:
+        for item in sorted(items, key=lambda item: getattr(item.kernel, "tiles", None) is not None):
+            if item.dtype != TARGET_DTYPE or conv_pass not in _passes(item) or item.loop is None:
+                continue
+            naive = getattr(item.kernel, "tiles", None) is None
+            mix = item.loop.inner if naive else item.loop.one_pass
+            if mix is None or not mix.fma or not (naive or item.kernel.tiles == main_tiles):
+                continue
+            rows.append([conv_pass, item.name, "inner loop" if naive else "one pass",
+                         f"{mix.instructions / mix.fma:.2f}", f"{mix.fma_percent:.1f}%",
+                         f"{mix.ldg / mix.fma:.3f}", f"{mix.lds / mix.fma:.3f}"])
+    return _table(["pass", "kernel", "counted", "instr/FMA", "FMA%", "LDG/FMA", "LDS/FMA"], rows)
+
+
 def report(dtypes=DTYPES, out=None, calls=None):
     """Build everything; returns (text, problems). ``problems`` is empty when all is well."""
     problems = [f"{dist} is not installed ({INSTALL_HINT})" for dist in missing_wheels()]
@@ -753,6 +773,11 @@ def report(dtypes=DTYPES, out=None, calls=None):
         "multiply-adds, pass = one pass of the reduction loop around it (the inner loop counted as\n"
         "often as it runs)",
         loop_report(items),
+        "What tiling buys, per multiply-add (float32; the version switch is\n"
+        "minicolor.kernels.conv2d.VERSION): the naive kernels load 2 values from global memory\n"
+        "for each; the tiled ones copy slices into shared memory once and read them from there,\n"
+        "several values per 16-byte load",
+        version_table(items),
         "\n".join(target_checks(items))])
     return text, problems
 
