@@ -233,26 +233,31 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
             if key in seen:
                 continue
             seen.add(key)
-            flops = conv_flops(x_shape, conv.weight.shape, y_shape)
-            impls = {name: minicolor_conv(x_shape, conv, device, impl)
-                     for name, impl in conv_versions(device).items()}
-            if device == "cuda":
-                impls["reference"] = minicolor_conv(x_shape, conv, device, ref_conv2d)
-            if torch:
-                impls["torch"] = torch_conv(x_shape, conv, device)
-            for pass_name in ("forward", "grad-input", "grad-weight"):
-                row = {"layer": name, "x": list(x_shape), "w": list(conv.weight.shape),
-                       "stride": conv.stride, "dilation": conv.dilation, "pass": pass_name,
-                       "flops": flops}
-                for impl_name, fns in impls.items():
-                    row[f"{impl_name}_s"] = median_time(fns[pass_name], device, warmup, repeat)
-                row["minicolor_s"] = row[f"{default_conv_version(device)}_s"]  # what a step runs
+            for row in conv_layer_rows(name, conv, x_shape, y_shape, device, torch, warmup, repeat):
                 results["layers"].append(row)
                 log(format_layer(row))
     if overfit_steps:
         results["overfit"] = overfit_timing(device, overfit_steps, size, torch)
         log(format_overfit(results["overfit"]))
     return results
+
+
+def conv_layer_rows(name, conv, x_shape, y_shape, device, torch=False, warmup=2, repeat=5):
+    """One row per pass of one conv layer: the median time of each implementation (``*_s``)."""
+    flops = conv_flops(x_shape, conv.weight.shape, y_shape)
+    impls = {version: minicolor_conv(x_shape, conv, device, impl)
+             for version, impl in conv_versions(device).items()}
+    if device == "cuda":
+        impls["reference"] = minicolor_conv(x_shape, conv, device, ref_conv2d)
+    if torch:
+        impls["torch"] = torch_conv(x_shape, conv, device)
+    for pass_name in ("forward", "grad-input", "grad-weight"):
+        row = {"layer": name, "x": list(x_shape), "w": list(conv.weight.shape), "stride": conv.stride,
+               "dilation": conv.dilation, "pass": pass_name, "flops": flops}
+        for impl_name, fns in impls.items():
+            row[f"{impl_name}_s"] = median_time(fns[pass_name], device, warmup, repeat)
+        row["minicolor_s"] = row[f"{default_conv_version(device)}_s"]  # what a training step runs
+        yield row
 
 
 class _OneImage:

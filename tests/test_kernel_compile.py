@@ -136,6 +136,23 @@ def test_target_checks_one_line_per_conv_pass():
     assert "grad-weight: not checked" in kr.target_checks(items[:3], main)[3]
 
 
+def test_version_table_puts_naive_beside_tiled():
+    main = (128, 128, 8, 8, 8, 4)
+
+    def item(name, tiles, label, mix):
+        loop = kr.MainLoop(inner=mix, one_pass=None if tiles is None else mix)
+        return kr.Compiled(name, "float32", Kernel(name.split(".")[1], tiles), labels=[label], loop=loop)
+
+    items = [item("conv2d_tiled.gather[128x128]", main, "forward big", kr.Mix(instructions=700, fma=512, ldg=20, lds=32)),
+             item("conv2d_naive.forward", None, "forward naive", kr.Mix(instructions=51, fma=1, ldg=2)),
+             item("conv2d_tiled.gather[32x32]", (32, 32, 8, 2, 2, 2), "forward tiny", kr.Mix(instructions=9, fma=1))]
+    lines = kr.version_table(items, main).splitlines()
+    assert len(lines) == 4  # header, rule, naive, tiled (not the 32 x 32 tile)
+    assert lines[2].split() == ["forward", "conv2d_naive.forward", "inner", "loop", "51.00", "2.0%", "2.000", "0.000"]
+    assert lines[3].split() == ["forward", "conv2d_tiled.gather[128x128]", "one", "pass", "1.37", "73.1%", "0.039",
+                                "0.062"]
+
+
 def test_trip_count_must_be_whole():
     loop = kr.main_loop(TILED, fma_per_pass=34)  # 30 / 4 trips: not this loop nest
     assert loop.trip is None and loop.one_pass is None

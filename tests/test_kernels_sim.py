@@ -103,6 +103,22 @@ def test_conv2d_version_switch(monkeypatch):
         k_conv2d.forward(np.zeros((1, 1, 3, 3)), np.zeros((2, 1, 3, 3)), None, (1, 1), (1, 1), (1, 1))
 
 
+def test_bench_times_both_conv_versions(monkeypatch):
+    """``minicolor bench`` on sim times each conv pass in both versions; minicolor_s is the
+    version a training step runs, and the printed row says what tiling buys."""
+    from minicolor import bench
+    from minicolor.nn import Conv2d
+
+    monkeypatch.setattr(k_conv2d, "VERSION", "naive")
+    conv = Conv2d(2, 3, 3, 1, 1, rng=np.random.default_rng(0))
+    rows = list(bench.conv_layer_rows("conv", conv, (1, 2, 4, 4), (1, 3, 4, 4), "sim", warmup=0, repeat=1))
+    assert [r["pass"] for r in rows] == ["forward", "grad-input", "grad-weight"]
+    for row in rows:
+        assert row["naive_s"] > 0 and row["tiled_s"] > 0 and row["minicolor_s"] == row["naive_s"]
+        line = bench.format_layer(row)
+        assert "naive" in line and "tiled" in line and f"tiling x{row['naive_s'] / row['tiled_s']:.1f}" in line
+
+
 @pytest.mark.parametrize("case", [(2, 8, 8, 3, 2, 1, 1), (1, 7, 9, 3, 2, 2, 2), (1, 6, 6, 1, 2, 0, 1),
                                   (1, 9, 6, 5, 3, 2, 1), (1, 5, 5, 3, 1, 1, 1)])
 def test_conv2d_grad_input_phases_do_no_wasted_taps(case):
