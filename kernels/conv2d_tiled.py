@@ -212,21 +212,27 @@ def _gather_gemm(dtype, tile):
     @cuda.jit(device=True)
     def write_tile(out, bias, acc, row0, col0, ty, tx, ncols, u_count, v_count, ou, ov, m_count,
                    out_height, out_width, out_row_step, out_col_step, has_bias):
-        """out[n, m, u * out_row_step + ou, v * out_col_step + ov] = result (+ bias[m])."""
+        """out[n, m, u * out_row_step + ou, v * out_col_step + ov] = result (+ bias[m]).
+
+        The columns are decoded first, into ``spots``; the loops that read ``acc`` then only add
+        and store, so LLVM unrolls them and every index into ``acc`` is a constant: the results
+        stay in registers. With the decoding inside the loop over columns, that loop was too
+        big to unroll, and the 64 results of the 128 x 128 tile went to a 256-byte stack frame
+        in local memory (48 STL.128 and 16 LDL per tile).
+        """
         plane = out_height * out_width
-        uv = u32(u_count * v_count)
-        spots = cuda.local.array(tn, numba.int64)
+        spots = cuda.local.array(tn, numba.int64)  # where column j of this thread's results goes
         for j in range(tn):
-            col = u32(col0 + (j // vec) * (cols * vec) + tx * vec + j % vec)
-            n, q = col // uv, col % uv
-            spots[j] = (n * m_count * plane + ((q // u32(v_count)) * out_row_step + ou) * out_width
-                        + (q % u32(v_count)) * out_col_step + ov)
-            if col >= u32(ncols):
-                spots[j] = -1
-        for i in range(tm):
+            col = col0 + (j // vec) * (cols * vec) + tx * vec + j % vec
+            n, q = col // (u_count * v_count), col % (u_count * v_count)
+            spots[j] = (n * m_count * plane + ((q // v_count) * out_row_step + ou) * out_width
+                        + (q % v_count) * out_col_step + ov)
+            if col >= ncols:
+                spots[j] = -1  # past the last column: not written
+        for i in range(tm):  # these loops only add and store: LLVM unrolls them, every acc index is constant
             m = row0 + (i // vec) * (rows * vec) + ty * vec + i % vec
             if m < m_count:
-                add = bias[m] if has_bias else 0.0
+                add = bias[m] if has_bias else out.dtype.type(0)
                 for j in range(tn):
                     if spots[j] >= 0:
                         out[spots[j] + m * plane] = acc[i * tn + j] + add
