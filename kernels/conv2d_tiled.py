@@ -138,7 +138,7 @@ def _jit_options(tile):
 # --- device functions shared by both kernels ------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _tile_pieces(tile):
-    """The device functions of one tile shape: multiply a slice, zero and read out the results."""
+    """The device functions both kernels of one tile shape call: multiply a slice, zero the results."""
     bm, bn, bk, tm, tn, vec = tile
     a_stride, b_stride = bm + PAD, bn + PAD
     a_group, b_group = (bm // tm) * vec, (bn // tn) * vec  # distance between a thread's groups
