@@ -246,9 +246,9 @@ def _gather_gemm(dtype, tile):
                     b_width,         # its width
                     b_image,         # values per image of that tensor (channels x height x width)
                     row_step,        # column (n, u, v) reads B around row u * row_step + row_shift
-                    row_shift,
+                    row_shift,       #   (forward: stride_h and -pad_h; grad-input: 1 and 0)
                     col_step,        # ... and column v * col_step + col_shift
-                    col_shift,
+                    col_shift,       #   (forward: stride_w and -pad_w; grad-input: 1 and 0)
                     out_height,      # height of the output tensor (y: Ho, gx: H)
                     out_width,       # its width
                     out_row_step,    # column (n, u, v) writes output row u * out_row_step + ou
@@ -361,8 +361,8 @@ def _weight_gemm(dtype, tile):
                     out_width,       # Wo
                     stride_h,        # forward's stride and zero padding: output pixel (oh, ow)
                     stride_w,        #   read input rows from oh * stride_h - pad_h
-                    pad_h,
-                    pad_w,
+                    pad_h,           #   and input columns from ow * stride_w - pad_w
+                    pad_w,           #   (the taps add the dilated kernel offsets)
                     k_total,         # C * kh * kw: the columns of gw (then one of gb)
                     pixels,          # N * Ho * Wo: the length of the reduction
                     per_split):      # pixels reduced by one block (grid axis z picks the range)
