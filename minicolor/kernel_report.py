@@ -342,9 +342,11 @@ CONV_PASSES = ("forward", "grad-input", "grad-weight")  # the first word of each
 
 def _conv_pass_calls(module, layer, x_shape, w_shape, stride, padding, dtype, splits=None):
     """(label, call) for the three passes of one conv layer through one version's launchers."""
+    from minicolor.reference.conv2d import output_size
+
     x, w, b = _zeros(x_shape, dtype), _zeros(w_shape, dtype), _zeros(w_shape[0], dtype)
     geometry = ((stride, stride), (padding, padding), (1, 1))
-    ho, wo = ((size + 2 * padding - k) // stride + 1 for size, k in zip(x_shape[2:], w_shape[2:]))
+    ho, wo = (output_size(size, k, stride, padding, 1) for size, k in zip(x_shape[2:], w_shape[2:]))
     gy = _zeros((x_shape[0], w_shape[0], ho, wo), dtype)
     split = {"splits": splits} if splits else {}
     return [(f"forward {layer}", lambda: module.forward(x, w, b, *geometry)),
@@ -494,8 +496,8 @@ def record_launches(dtypes=DTYPES, calls=None):
 
 def _display_name(kernel, label):
     """module.kernel, and for a kernel made by a factory what tells its variants apart: the
-    tile shape it was built for (``kernel.tiles``, set by conv2d_tiled's factories), else the label of
-    the launcher call that first launched it."""
+    tile shape it was built for (``kernel.tiles``, set by conv2d_tiled's factories), else the
+    label of the launcher call that first launched it."""
     module = kernel.py_func.__module__.rsplit(".", 1)[-1]
     qualname = kernel.py_func.__qualname__
     if ".<locals>." not in qualname:

@@ -206,12 +206,15 @@ def test_sim_device_runs_layers_through_kernels(rng):
     assert y.device == "sim" and type(y.creator.impl) is type(k_conv2d) and y.creator.impl is k_conv2d
 
 
-def test_colorization_network_agrees_on_sim_and_cpu(rng):
-    """Forward and backward of a (width 1) ColorizationNet: same loss and parameter gradients.
+@pytest.mark.parametrize("version", k_conv2d.VERSIONS)
+def test_colorization_network_agrees_on_sim_and_cpu(rng, version, monkeypatch):
+    """Forward and backward of a (width 1) ColorizationNet: same loss and parameter gradients,
+    with either conv version (the one switch: every conv of the network runs it).
 
     In float64: at 8x8 the deepest batchnorms see 2 values per channel, which amplifies
     float32 rounding differences between two correct summation orders past any fixed bound.
     """
+    monkeypatch.setattr(k_conv2d, "VERSION", version)
     l = rng.uniform(-0.5, 0.5, (2, 1, 8, 8))
     ab = rng.uniform(-0.5, 0.5, (2, 2, 8, 8))
     results = {}
