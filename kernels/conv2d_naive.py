@@ -5,14 +5,17 @@ element from its global index and sums the products that make it, reading every 
 from global memory. No shared memory, no reuse between threads, no tiling: read it beside
 minicolor/reference/conv2d.py, then read conv2d_tiled.py for what a fast kernel changes.
 
-What it costs, and why (figures: docs/kernels.md). A thread of ``forward`` does C*kh*kw
-multiply-adds and two global loads for each, so the GPU moves 8 bytes (float32) per
-multiply-add where its memory delivers about 1 byte per multiply-add it can do: memory
-bound by far. Neighbouring threads do read neighbouring addresses (ow is the fastest-moving
-index), so the loads are coalesced and mostly hit the caches; that is all this version has.
-Its strengths are elsewhere: every line is the formula, and it needs no tables, no padding
-and no tile shapes. In the simulator, where every thread is a Python thread and a barrier
-costs a thread switch, it is also the faster version (kernels/conv2d.py says by how much).
+What it costs, and why (figures: docs/kernels.md, ``minicolor kernels``). A thread of
+``forward`` does C*kh*kw multiply-adds with two global loads for each: 8 bytes (float32) per
+multiply-add if every load went to memory, where an H100's memory delivers about 0.1 byte per
+multiply-add it can do (3.35 TB/s against 33 trillion float32 multiply-adds a second). The
+caches catch most of them, since neighbouring threads read neighbouring addresses (ow is the
+fastest-moving index) and many threads read the same weights, but the load instructions stay:
+in the machine code the inner loop spends 51 instructions per multiply-add, mostly 64-bit index
+arithmetic of the 4-D arrays and the padding tests (the tiled kernels: 1.4). Its strengths are
+elsewhere: every line is the formula, and it needs no tables, no padding and no tile shapes.
+In the simulator, where every thread is a Python thread and a barrier costs a thread switch, it
+is also the faster version (kernels/conv2d.py says by how much).
 
 The geometry comes in as named scalars (Python ints, so int64 in the kernel), and the arrays
 as 4-D (or 1-D) arrays whose shapes the kernels read: ``x.shape[1]`` is C, and so on.
