@@ -13,6 +13,13 @@ layers only (they are >99% of the arithmetic). Where PyTorch is installed the sa
 run in PyTorch, in float32 with TF32 off, on the same device, and the table shows the
 ratio minicolor time / PyTorch time (below 1: minicolor is faster). On the GPU the conv
 layers are also timed through the NumPy reference on CuPy (im2col + cuBLAS).
+
+On ``cuda`` and ``sim`` each conv pass is timed in both kernel versions of
+kernels/conv2d.py, "naive" (one thread per output) and "tiled" (implicit GEMM), with the
+ratio naive / tiled: what tiling buys. ``minicolor_s`` is the version the switch
+(``minicolor.kernels.conv2d.VERSION``) runs in a training step. In the simulator the
+figures are the simulator's (Python threads), not a GPU's: use tiny sizes there, e.g.
+``minicolor bench --device sim --size 16 --widths 4 --batches 1 --overfit-steps 0``.
 """
 import json
 import platform
@@ -84,6 +91,25 @@ def minicolor_step(width, batch, size, device):
         opt.step()
 
     return step
+
+
+def conv_versions(device):
+    """{name: module with forward, backward_data, backward_weight} of minicolor's own conv:
+    the reference on the CPU, both kernel versions on cuda and sim."""
+    if device == "cpu":
+        return {"minicolor": F.implementation("conv2d", device)}
+    from .kernels import conv2d
+
+    return {name: conv2d.version(name) for name in conv2d.VERSIONS}
+
+
+def default_conv_version(device):
+    """The key of conv_versions(device) that a training step runs."""
+    if device == "cpu":
+        return "minicolor"
+    from .kernels import conv2d
+
+    return conv2d.VERSION
 
 
 def minicolor_conv(x_shape, conv, device, impl=None):
@@ -207,24 +233,31 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
             if key in seen:
                 continue
             seen.add(key)
-            flops = conv_flops(x_shape, conv.weight.shape, y_shape)
-            impls = {"minicolor": minicolor_conv(x_shape, conv, device)}
-            if device == "cuda":
-                impls["reference"] = minicolor_conv(x_shape, conv, device, ref_conv2d)
-            if torch:
-                impls["torch"] = torch_conv(x_shape, conv, device)
-            for pass_name in ("forward", "grad-input", "grad-weight"):
-                row = {"layer": name, "x": list(x_shape), "w": list(conv.weight.shape),
-                       "stride": conv.stride, "dilation": conv.dilation, "pass": pass_name,
-                       "flops": flops}
-                for impl_name, fns in impls.items():
-                    row[f"{impl_name}_s"] = median_time(fns[pass_name], device, warmup, repeat)
+            for row in conv_layer_rows(name, conv, x_shape, y_shape, device, torch, warmup, repeat):
                 results["layers"].append(row)
                 log(format_layer(row))
     if overfit_steps:
         results["overfit"] = overfit_timing(device, overfit_steps, size, torch)
         log(format_overfit(results["overfit"]))
     return results
+
+
+def conv_layer_rows(name, conv, x_shape, y_shape, device, torch=False, warmup=2, repeat=5):
+    """One row per pass of one conv layer: the median time of each implementation (``*_s``)."""
+    flops = conv_flops(x_shape, conv.weight.shape, y_shape)
+    impls = {version: minicolor_conv(x_shape, conv, device, impl)
+             for version, impl in conv_versions(device).items()}
+    if device == "cuda":
+        impls["reference"] = minicolor_conv(x_shape, conv, device, ref_conv2d)
+    if torch:
+        impls["torch"] = torch_conv(x_shape, conv, device)
+    for pass_name in ("forward", "grad-input", "grad-weight"):
+        row = {"layer": name, "x": list(x_shape), "w": list(conv.weight.shape), "stride": conv.stride,
+               "dilation": conv.dilation, "pass": pass_name, "flops": flops}
+        for impl_name, fns in impls.items():
+            row[f"{impl_name}_s"] = median_time(fns[pass_name], device, warmup, repeat)
+        row["minicolor_s"] = row[f"{default_conv_version(device)}_s"]  # what a training step runs
+        yield row
 
 
 class _OneImage:
@@ -314,10 +347,13 @@ def format_step(row):
 def format_layer(row):
     parts = [f"layer {row['layer']:<9} {'x'.join(map(str, row['x'][1:])):>12} -> {row['w'][0]:4d} "
              f"s{row['stride']} d{row['dilation']} {row['pass']:<11}"]
-    for impl in ("minicolor", "reference", "torch"):
+    versions = "naive_s" in row and "tiled_s" in row  # minicolor_s is one of them: not printed twice
+    for impl in ("naive", "tiled", "reference", "torch") if versions else ("minicolor", "reference", "torch"):
         if f"{impl}_s" in row:
             t = row[f"{impl}_s"]
             parts.append(f"{impl} {t * 1e3:8.2f} ms {row['flops'] / t / 1e12:6.2f} TFLOP/s")
+    if versions:
+        parts.append(f"tiling x{row['naive_s'] / row['tiled_s']:.1f}")
     if "torch_s" in row:
         parts.append(f"ratio {_ratio(row)}")
     return " | ".join(parts)

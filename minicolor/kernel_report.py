@@ -20,12 +20,13 @@ Three steps, each done by a tool that ships as a pip wheel (the ``kernels`` extr
    thread, spilled bytes, shared memory per block. From these and the block size of the launch,
    the theoretical occupancy on an H100 (``occupancy``).
 3. **Disassemble** the cubin with ``nvdisasm`` (``nvidia-cuda-nvdisasm`` wheel) and count the
-   instructions of the main loop of each conv kernel (``main_loop``). conv2d's factories build
-   one kernel per dtype and tile shape and set ``kernel.tiles`` = (BM, BN, BK, TM, TN, VEC):
-   the rows are named by tile (``conv2d.gather_gemm[128x128]``), and BK * TM * TN gives the
-   trip count of the inner loop. Last, ``target_checks`` says per conv pass whether the main
-   (128 x 128 float32) tiles meet the static targets: FMA share of the inner loop >= 60%, of
-   one pass >= 50%.
+   instructions of the main loop of each conv kernel (``main_loop``), in both versions (naive
+   and tiled, kernels/conv2d_*.py). The tiled version's factories build one kernel per dtype and
+   tile shape and set ``kernel.tiles`` = (BM, BN, BK, TM, TN, VEC): the rows are named by tile
+   (``conv2d_tiled.gather_gemm[128x128]``), and BK * TM * TN gives the trip count of the inner
+   loop. ``version_table`` puts the two versions side by side per pass, and ``target_checks``
+   says per conv pass whether the main (128 x 128 float32) tiles meet the static targets: FMA
+   share of the inner loop >= 60%, of one pass >= 50%.
 
 Exit status 1 if a kernel does not compile, a kernel was never launched by the calls here, a
 tool is missing, or any kernel spills registers to local memory. Simulator mode is decided when
@@ -54,7 +55,7 @@ WHEELS = {"numba-cuda": "numba-cuda", "nvvm": "nvidia-nvvm", "ptxas": "nvidia-cu
           "nvdisasm": "nvidia-cuda-nvdisasm"}
 INSTALL_HINT = "pip install 'minicolor[kernels]'"
 # Modules whose kernels get the instruction mix of their main loop (the conv passes).
-MAIN_LOOP_MODULES = ("conv2d",)
+MAIN_LOOP_MODULES = ("conv2d_naive", "conv2d_tiled")
 
 
 # --- the H100 and the occupancy arithmetic ---------------------------------------------------------
@@ -321,37 +322,49 @@ def _zeros(shape, dtype):
     return np.zeros(shape, dtype)
 
 
-# Conv layers whose three passes reach every tile shape of kernels/conv2d.py (``_tiles``):
-# name: (x shape, w shape, stride, padding). The comments say which tile each pass gets.
+# Conv layers whose three passes reach every tile shape of kernels/conv2d_tiled.py
+# (``choose_tile``): name: (x shape, w shape, stride, padding). The comments say which tile each
+# pass gets (float64: 64 x 64 where float32 gets 128 x 128). The arrays are only recorded, never
+# run, so "big" may be big: it needs 132 blocks of 128 x 128 to get that tile.
 CONV_LAYERS = {
-    "big": ((2, 64, 9, 9), (64, 64, 3, 3), 2, 1),  # all three 128 x 128 (float64: 64 x 64);
-    # grad-input in 4 stride phases, grad-weight split in 3 along K (``splits=3``)
+    "big": ((2, 64, 192, 192), (64, 64, 3, 3), 2, 1),  # all three 128 x 128; grad-input in 4
+    # stride phases, grad-weight split in 3 along K (``splits=3``)
+    "late": ((1, 128, 14, 14), (128, 128, 3, 3), 1, 1),  # forward, grad-input 64 x 64 (2 blocks
+    # of 128 x 128 would leave 130 SMs idle); grad-weight 128 x 128 (split-K fills the GPU)
     "first": ((2, 1, 9, 9), (16, 1, 3, 3), 1, 1),  # forward, grad-input 32 x 128; grad-weight
     # (9 taps + bias = 10 columns) 32 x 32
     "head": ((2, 64, 9, 9), (2, 64, 1, 1), 1, 0),  # forward, grad-weight 32 x 128 (2 filters)
     "tiny": ((1, 8, 4, 4), (8, 8, 3, 3), 1, 1),  # forward, grad-input 32 x 32 (16 pixels)
 }
+NAIVE_LAYER = ((2, 3, 9, 8), (4, 3, 3, 3), 2, 1)  # the naive kernels: one signature each
 CONV_PASSES = ("forward", "grad-input", "grad-weight")  # the first word of each conv call's label
 
 
+def _conv_pass_calls(module, layer, x_shape, w_shape, stride, padding, dtype, splits=None):
+    """(label, call) for the three passes of one conv layer through one version's launchers."""
+    from minicolor.reference.conv2d import output_size
+
+    x, w, b = _zeros(x_shape, dtype), _zeros(w_shape, dtype), _zeros(w_shape[0], dtype)
+    geometry = ((stride, stride), (padding, padding), (1, 1))
+    ho, wo = (output_size(size, k, stride, padding, 1) for size, k in zip(x_shape[2:], w_shape[2:]))
+    gy = _zeros((x_shape[0], w_shape[0], ho, wo), dtype)
+    split = {"splits": splits} if splits else {}
+    return [(f"forward {layer}", lambda: module.forward(x, w, b, *geometry)),
+            (f"grad-input {layer}", lambda: module.backward_data(gy, w, x.shape, *geometry)),
+            (f"grad-weight {layer}" + (f" split-K {splits}" if splits else ""),
+             lambda: module.backward_weight(gy, x, w.shape, *geometry, **split))]
+
+
 def _conv2d_calls(dtype):
-    from minicolor.kernels import conv2d
+    """Both versions of kernels/conv2d.py: the tiled one on every layer of CONV_LAYERS, the
+    naive one on NAIVE_LAYER (its kernels have no tile shapes to reach)."""
+    from minicolor.kernels import conv2d_naive, conv2d_tiled
 
     calls = []
     for layer, (x_shape, w_shape, stride, padding) in CONV_LAYERS.items():
-        x, w, b = _zeros(x_shape, dtype), _zeros(w_shape, dtype), _zeros(w_shape[0], dtype)
-        geometry = ((stride, stride), (padding, padding), (1, 1))
-        ho, wo = ((size + 2 * padding - k) // stride + 1 for size, k in zip(x_shape[2:], w_shape[2:]))
-        gy = _zeros((x_shape[0], w_shape[0], ho, wo), dtype)
-        splits = 3 if layer == "big" else None
-        calls += [(f"forward {layer}", lambda x=x, w=w, b=b, g=geometry: conv2d.forward(x, w, b, *g)),
-                  (f"grad-input {layer}",
-                   lambda gy=gy, w=w, s=x.shape, g=geometry: conv2d.backward_data(gy, w, s, *g)),
-                  (f"grad-weight {layer}" + (f" split-K {splits}" if splits else ""),
-                   lambda gy=gy, x=x, s=w.shape, g=geometry, k=splits:
-                   conv2d.backward_weight(gy, x, s, *g, splits=k))]
-    x, w, b = _zeros((2, 3, 9, 8), dtype), _zeros((4, 3, 3, 3), dtype), _zeros(4, dtype)
-    return calls + [("naive", lambda: conv2d.forward_naive(x, w, b, (2, 2), (1, 1), (1, 1)))]
+        calls += _conv_pass_calls(conv2d_tiled, layer, x_shape, w_shape, stride, padding, dtype,
+                                  splits=3 if layer == "big" else None)
+    return calls + _conv_pass_calls(conv2d_naive, "naive", *NAIVE_LAYER, dtype)
 
 
 def _batchnorm_calls(dtype):
@@ -422,8 +435,7 @@ def argument_type(value):
     numba/cuda/typing/typeof.py) and types them with ``_typeof_dlpack``: an Array of the same
     dtype and rank, layout C if C-contiguous (else F, else A), writable. Here each NumPy array
     goes through that same function, wrapped so that only its DLPack face shows. Python ints
-    become int64, floats float64, bools boolean and the geometry tuple UniTuple(int64, n), the
-    same on both.
+    become int64, floats float64 and bools boolean, the same on both.
     """
     import numpy as np
     from numba.cuda.typing.typeof import Purpose, typeof
@@ -436,7 +448,7 @@ def argument_type(value):
 @dataclass
 class Compiled:
     """One kernel compiled for one signature."""
-    name: str  # e.g. conv2d.gather_gemm[128x128]
+    name: str  # e.g. conv2d_tiled.gather_gemm[128x128]
     dtype: str
     kernel: object = field(repr=False)
     argtypes: tuple = ()
@@ -484,8 +496,8 @@ def record_launches(dtypes=DTYPES, calls=None):
 
 def _display_name(kernel, label):
     """module.kernel, and for a kernel made by a factory what tells its variants apart: the
-    tile shape it was built for (``kernel.tiles``, set by conv2d's factories), else the label of
-    the launcher call that first launched it."""
+    tile shape it was built for (``kernel.tiles``, set by conv2d_tiled's factories), else the
+    label of the launcher call that first launched it."""
     module = kernel.py_func.__module__.rsplit(".", 1)[-1]
     qualname = kernel.py_func.__qualname__
     if ".<locals>." not in qualname:
@@ -680,9 +692,9 @@ TARGET_DTYPE = "float32"
 
 
 def _main_tiles():
-    from minicolor.kernels import conv2d
+    from minicolor.kernels import conv2d_tiled
 
-    return conv2d.WIDE
+    return conv2d_tiled.WIDE
 
 
 def target_checks(items, main_tiles=None):
@@ -711,6 +723,26 @@ def _target_verdict(item):
     met = inner >= TARGETS["inner"] and one >= TARGETS["pass"] and not spills
     return (f"inner {inner:.1f}%, pass {one:.1f}%, spills {spills} bytes: "
             + ("met" if met else "NOT MET"))
+
+
+def version_table(items, main_tiles=None):
+    """Both conv versions side by side, per pass, float32: the naive kernel's inner loop (one
+    multiply-add per tap) against one pass of the tiled kernel's reduction loop on its main tile.
+    Per multiply-add: instructions, loads from global memory (LDG) and from shared memory (LDS)."""
+    main_tiles = main_tiles or _main_tiles()
+    rows = []
+    for conv_pass in CONV_PASSES:
+        for item in sorted(items, key=lambda item: getattr(item.kernel, "tiles", None) is not None):
+            if item.dtype != TARGET_DTYPE or conv_pass not in _passes(item) or item.loop is None:
+                continue
+            naive = getattr(item.kernel, "tiles", None) is None
+            mix = item.loop.inner if naive else item.loop.one_pass
+            if mix is None or not mix.fma or not (naive or item.kernel.tiles == main_tiles):
+                continue
+            rows.append([conv_pass, item.name, "inner loop" if naive else "one pass",
+                         f"{mix.instructions / mix.fma:.2f}", f"{mix.fma_percent:.1f}%",
+                         f"{mix.ldg / mix.fma:.3f}", f"{mix.lds / mix.fma:.3f}"])
+    return _table(["pass", "kernel", "counted", "instr/FMA", "FMA%", "LDG/FMA", "LDS/FMA"], rows)
 
 
 def report(dtypes=DTYPES, out=None, calls=None):
@@ -749,6 +781,11 @@ def report(dtypes=DTYPES, out=None, calls=None):
         "multiply-adds, pass = one pass of the reduction loop around it (the inner loop counted as\n"
         "often as it runs)",
         loop_report(items),
+        "What tiling buys, per multiply-add (float32; the version switch is\n"
+        "minicolor.kernels.conv2d.VERSION): the naive kernels load 2 values from global memory\n"
+        "for each; the tiled ones copy slices into shared memory once and read them from there,\n"
+        "several values per 16-byte load",
+        version_table(items),
         "\n".join(target_checks(items))])
     return text, problems
 

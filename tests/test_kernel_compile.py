@@ -136,6 +136,23 @@ def test_target_checks_one_line_per_conv_pass():
     assert "grad-weight: not checked" in kr.target_checks(items[:3], main)[3]
 
 
+def test_version_table_puts_naive_beside_tiled():
+    main = (128, 128, 8, 8, 8, 4)
+
+    def item(name, tiles, label, mix):
+        loop = kr.MainLoop(inner=mix, one_pass=None if tiles is None else mix)
+        return kr.Compiled(name, "float32", Kernel(name.split(".")[1], tiles), labels=[label], loop=loop)
+
+    items = [item("conv2d_tiled.gather[128x128]", main, "forward big", kr.Mix(instructions=700, fma=512, ldg=20, lds=32)),
+             item("conv2d_naive.forward", None, "forward naive", kr.Mix(instructions=51, fma=1, ldg=2)),
+             item("conv2d_tiled.gather[32x32]", (32, 32, 8, 2, 2, 2), "forward tiny", kr.Mix(instructions=9, fma=1))]
+    lines = kr.version_table(items, main).splitlines()
+    assert len(lines) == 4  # header, rule, naive, tiled (not the 32 x 32 tile)
+    assert lines[2].split() == ["forward", "conv2d_naive.forward", "inner", "loop", "51.00", "2.0%", "2.000", "0.000"]
+    assert lines[3].split() == ["forward", "conv2d_tiled.gather[128x128]", "one", "pass", "1.37", "73.1%", "0.039",
+                                "0.062"]
+
+
 def test_trip_count_must_be_whole():
     loop = kr.main_loop(TILED, fma_per_pass=34)  # 30 / 4 trips: not this loop nest
     assert loop.trip is None and loop.one_pass is None
@@ -191,8 +208,10 @@ def test_every_kernel_in_the_sources_is_found(tmp_path):
         "def factory():\n    @cuda.jit(fastmath=True)\n    def kernel(x):\n        pass\n    return kernel\n")
     assert kr.defined_kernels(tmp_path) == {("op", "plain"), ("op", "factory.<locals>.kernel")}
     found = kr.defined_kernels()  # the real kernels/
-    assert {("conv2d", "_gather_gemm.<locals>.gather_gemm"), ("conv2d", "_weight_gemm.<locals>.weight_gemm"),
-            ("conv2d", "conv2d_naive"), ("batchnorm", "_chunk_stats"), ("mse", "_forward"),
+    assert {("conv2d_tiled", "_gather_gemm.<locals>.gather_gemm"),
+            ("conv2d_tiled", "_weight_gemm.<locals>.weight_gemm"), ("conv2d_naive", "forward_kernel"),
+            ("conv2d_naive", "grad_input_kernel"), ("conv2d_naive", "grad_weight_kernel"),
+            ("batchnorm", "_chunk_stats"), ("mse", "_forward"),
             ("upsample", "_backward")} <= found
 
 
@@ -236,16 +255,18 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
     assert done.returncode == 0, f"the kernel report failed:\n{done.stdout}\n{done.stderr}"
     assert "compiling for sm_90: 100%" in done.stderr  # the minute of compiling shows progress
     print(done.stdout)  # the report, for pytest -s and CI logs
-    # every tile shape of both conv kernels (128 x 128 in float32, 64 x 64 in float64, 32 x 128, 32 x 32)
-    conv = [f"conv2d.{kernel}.{tile}.{dtype}" for kernel in ("gather_gemm", "weight_gemm")
+    # every tile shape of both tiled conv kernels (128 x 128 in float32, 64 x 64 in float64 and for
+    # float32 gathers that would get too few blocks, 32 x 128, 32 x 32), and the naive kernels
+    conv = [f"conv2d_tiled.{kernel}.{tile}.{dtype}" for kernel in ("gather_gemm", "weight_gemm")
             for dtype, wide in (("float32", "128x128"), ("float64", "64x64"))
-            for tile in (wide, "32x128", "32x32")]
-    others = [f"{name}.{dtype}" for name in ("conv2d.conv2d_naive", "batchnorm._chunk_stats", "upsample._backward",
-                                             "mse._forward") for dtype in ("float32", "float64")]
+            for tile in (wide, "32x128", "32x32")] + ["conv2d_tiled.gather_gemm.64x64.float32"]
+    naive = [f"conv2d_naive.{kernel}" for kernel in ("forward_kernel", "grad_input_kernel", "grad_weight_kernel")]
+    others = [f"{name}.{dtype}" for name in naive + ["batchnorm._chunk_stats", "upsample._backward", "mse._forward"]
+              for dtype in ("float32", "float64")]
     for stem in conv + others:
         for suffix in (".ptx", ".cubin"):
             assert (tmp_path / f"{stem}{suffix}").stat().st_size > 0, stem
-    assert "conv2d.gather_gemm[128x128]  float32" in done.stdout and "limited by" in done.stdout
+    assert "conv2d_tiled.gather_gemm[128x128]  float32" in done.stdout and "limited by" in done.stdout
     for conv_pass in ("forward", "grad-input", "grad-weight"):  # the target check lines are there
-        assert re.search(rf"^  {conv_pass} +conv2d\.\w+_gemm\[128x128\]: inner [\d.]+%, pass [\d.]+%",
+        assert re.search(rf"^  {conv_pass} +conv2d_tiled\.\w+_gemm\[128x128\]: inner [\d.]+%, pass [\d.]+%",
                          done.stdout, re.MULTILINE), conv_pass

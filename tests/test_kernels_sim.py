@@ -21,6 +21,7 @@ from minicolor import functional as F  # noqa: E402
 from minicolor import tensor  # noqa: E402
 from minicolor.kernels import batchnorm as k_batchnorm  # noqa: E402
 from minicolor.kernels import conv2d as k_conv2d  # noqa: E402
+from minicolor.kernels import conv2d_tiled as k_conv2d_tiled  # noqa: E402
 from minicolor.kernels import mse as k_mse  # noqa: E402
 from minicolor.kernels import upsample as k_upsample  # noqa: E402
 from minicolor.models import ColorizationNet  # noqa: E402
@@ -57,13 +58,16 @@ CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation); simulator tiles
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d_kernels_match_reference(rng, case, dtype):
+@pytest.mark.parametrize("version", k_conv2d.VERSIONS)
+def test_conv2d_kernels_match_reference(rng, case, dtype, version, monkeypatch):
+    monkeypatch.setattr(k_conv2d, "VERSION", version)  # the one switch: every pass runs this version
     n, c, h, w, f, k, s, p, d = case
     geometry = ((s, s), (p, p), (d, d))
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((f, c, k, k)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    launches = kernels.launch_count
     y, saved = k_conv2d.forward(x, wt, b, *geometry)
     y_ref, cols = r_conv2d.forward(x, wt, b, *geometry)
     np.testing.assert_allclose(y, y_ref, **tol)
@@ -72,10 +76,47 @@ def test_conv2d_kernels_match_reference(rng, case, dtype):
     np.testing.assert_allclose(k_conv2d.backward_data(gy, wt, x.shape, *geometry),
                                r_conv2d.backward_data(gy, wt, x.shape, *geometry), **tol)
     gw_ref, gb_ref = r_conv2d.backward_weight(gy, cols, wt.shape)
-    for splits in (1, 3):
-        gw, gb = k_conv2d.backward_weight(gy, saved, wt.shape, *geometry, splits=splits)
-        np.testing.assert_allclose(gw, gw_ref, **tol)
-        np.testing.assert_allclose(gb, gb_ref, **tol)
+    gw, gb = k_conv2d.backward_weight(gy, saved, wt.shape, *geometry)
+    np.testing.assert_allclose(gw, gw_ref, **tol)
+    np.testing.assert_allclose(gb, gb_ref, **tol)
+    assert gw.dtype == gb.dtype == dtype
+    assert kernels.launch_count == launches + 3  # one kernel per pass, in both versions
+    if version == "tiled":  # its reduction over pixels can be split: every split gives the same sums
+        for splits in (1, 3):
+            gw, gb = k_conv2d_tiled.backward_weight(gy, saved, wt.shape, *geometry, splits=splits)
+            np.testing.assert_allclose(gw, gw_ref, **tol)
+            np.testing.assert_allclose(gb, gb_ref, **tol)
+
+
+def test_conv2d_version_switch(monkeypatch):
+    """VERSION picks the module every pass runs; a wrong name is a one-line error naming both."""
+    assert k_conv2d.VERSIONS == ("naive", "tiled")
+    for version in k_conv2d.VERSIONS:
+        monkeypatch.setattr(k_conv2d, "VERSION", version)
+        assert k_conv2d.version().__name__ == f"minicolor.kernels.conv2d_{version}"
+        x, w = np.zeros((1, 1, 3, 3)), np.zeros((2, 1, 3, 3))
+        with kernels.recording() as launches:
+            k_conv2d.forward(x, w, None, (1, 1), (1, 1), (1, 1))
+        assert launches[0][0].py_func.__module__ == f"minicolor.kernels.conv2d_{version}"
+    monkeypatch.setattr(k_conv2d, "VERSION", "fast")
+    with pytest.raises(ValueError, match="must be one of naive, tiled, got 'fast'"):
+        k_conv2d.forward(np.zeros((1, 1, 3, 3)), np.zeros((2, 1, 3, 3)), None, (1, 1), (1, 1), (1, 1))
+
+
+def test_bench_times_both_conv_versions(monkeypatch):
+    """``minicolor bench`` on sim times each conv pass in both versions; minicolor_s is the
+    version a training step runs, and the printed row says what tiling buys."""
+    from minicolor import bench
+    from minicolor.nn import Conv2d
+
+    monkeypatch.setattr(k_conv2d, "VERSION", "naive")
+    conv = Conv2d(2, 3, 3, 1, 1, rng=np.random.default_rng(0))
+    rows = list(bench.conv_layer_rows("conv", conv, (1, 2, 4, 4), (1, 3, 4, 4), "sim", warmup=0, repeat=1))
+    assert [r["pass"] for r in rows] == ["forward", "grad-input", "grad-weight"]
+    for row in rows:
+        assert row["naive_s"] > 0 and row["tiled_s"] > 0 and row["minicolor_s"] == row["naive_s"]
+        line = bench.format_layer(row)
+        assert "naive" in line and "tiled" in line and f"tiling x{row['naive_s'] / row['tiled_s']:.1f}" in line
 
 
 @pytest.mark.parametrize("case", [(2, 8, 8, 3, 2, 1, 1), (1, 7, 9, 3, 2, 2, 2), (1, 6, 6, 1, 2, 0, 1),
@@ -87,10 +128,10 @@ def test_conv2d_grad_input_phases_do_no_wasted_taps(case):
     n, h, w, k, s, p, d = case
     c, f = 3, 4
     g = k_conv2d.geometry((n, c, h, w), (f, c, k, k), (s, s), (p, p), (d, d))
-    taps, a_rows, phases = k_conv2d._backward_data_plan(g, bk=4)
+    taps, a_rows, phases = k_conv2d_tiled._backward_data_plan(g, bk=4)
     real = a_rows >= 0
     assert sorted(a_rows[real]) == list(range(k * k * f))  # each (tap, filter) row once
-    assert (taps[~real, 1] == k_conv2d.OUTSIDE).all() and (phases[:, 1] % 4 == 0).all()
+    assert (taps[~real, 1] == k_conv2d_tiled.OUTSIDE).all() and (phases[:, 1] % 4 == 0).all()
     work = sum(int(real[first:first + rows].sum()) * n * count_h * count_w
                for first, rows, count_h, count_w, _, _ in phases)
     reached = np.zeros((h, w), int)  # for each input pixel, the taps that land on the output grid
@@ -112,17 +153,10 @@ def test_conv2d_backward_weight_fills_the_gpu_with_split_k():
     x = np.zeros((2, 2, 256, 256), np.float32)
     gy = np.zeros((2, 3, 256, 256), np.float32)
     with kernels.recording() as launches:
-        k_conv2d.backward_weight(gy, x, (3, 2, 3, 3), (1, 1), (1, 1), (1, 1))
+        k_conv2d_tiled.backward_weight(gy, x, (3, 2, 3, 3), (1, 1), (1, 1), (1, 1))
     (kernel, grid, block, args), = launches
     assert grid[0] * grid[1] * grid[2] >= 264
     assert args[2].shape == (grid[2] * 3 * (2 * 9 + 1),)  # one partial [gw | gb] per split
-
-
-def test_naive_conv2d_kernel(rng):
-    x, w, b = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
-    geometry = ((2, 1), (1, 0), (1, 2))
-    np.testing.assert_allclose(k_conv2d.forward_naive(x, w, b, *geometry),
-                               r_conv2d.forward(x, w, b, *geometry)[0], atol=1e-12)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -280,12 +314,15 @@ def test_sim_device_runs_layers_through_kernels(rng):
     assert y.device == "sim" and type(y.creator.impl) is type(k_conv2d) and y.creator.impl is k_conv2d
 
 
-def test_colorization_network_agrees_on_sim_and_cpu(rng):
-    """Forward and backward of a (width 1) ColorizationNet: same loss and parameter gradients.
+@pytest.mark.parametrize("version", k_conv2d.VERSIONS)
+def test_colorization_network_agrees_on_sim_and_cpu(rng, version, monkeypatch):
+    """Forward and backward of a (width 1) ColorizationNet: same loss and parameter gradients,
+    with either conv version (the one switch: every conv of the network runs it).
 
     In float64: at 8x8 the deepest batchnorms see 2 values per channel, which amplifies
     float32 rounding differences between two correct summation orders past any fixed bound.
     """
+    monkeypatch.setattr(k_conv2d, "VERSION", version)
     l = rng.uniform(-0.5, 0.5, (2, 1, 8, 8))
     ab = rng.uniform(-0.5, 0.5, (2, 2, 8, 8))
     results = {}

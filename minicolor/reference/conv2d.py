@@ -17,7 +17,8 @@ one column, so that the convolution becomes a matrix product:
 im2col and col2im loop over the kh*kw kernel offsets only (9 for a 3x3 kernel): each
 offset moves one strided slice of the (padded) input for all images and channels at once.
 Every line here is written against ``xp`` so the same code runs on NumPy and CuPy.
-The CUDA kernels in kernels/conv2d.py compute the same three passes without the cols buffer.
+The CUDA kernels compute the same three passes without the cols buffer: kernels/conv2d_naive.py
+one thread per output, kernels/conv2d_tiled.py as tiled matrix products (kernels/conv2d.py picks).
 """
 from ..backend import get_array_module
 
