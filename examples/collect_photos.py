@@ -1,20 +1,27 @@
 """Build the offline photo corpus from Debian packages: download, unpack, extract, resize, credit.
 
-    python examples/collect_photos.py                    # -> data/corpus/ (about 340 photos)
+    python examples/collect_photos.py                    # -> data/corpus/ (529 photos)
+    python examples/collect_photos.py --original         # the 335 the shipped weights saw
     python examples/collect_photos.py --out data/corpus --short-side 288
 
 Nothing is installed: each package is fetched with ``apt-get download`` (run ``apt-get update``
 once first) into ``data/debs/`` and unpacked with ``dpkg-deb -x`` into ``data/unpacked/``.
-Then every photo is read (JPEG, PNG, or WebP inside a Qt resource file, see qt_rcc.py),
-resized so its shorter side is at most ``--short-side`` (never enlarged; photos whose shorter
-side is under ``--min-side`` are left out), and saved as JPEG (quality 92) into
+Then every photo is read (JPEG, PNG, or WebP inside a Qt resource file, see qt_rcc.py), turned
+upright (EXIF orientation; KPhotoAlbum's index.xml), resized so its shorter side is at most
+``--short-side`` (never enlarged; photos whose shorter side is under ``--min-side``, or under
+NEW_MIN_SIDE for the added packages, are left out), and saved as JPEG (quality 92) into
 
-    data/corpus/train/<package>/<name>.jpg      photos that training may use
-    data/corpus/heldout/<package>/<name>.jpg    the held-out test photos (examples/heldout.txt)
-    data/corpus/manifest.csv                    one row per photo: file, split, package, version,
-                                                original path, licence, credit, source URL, size
+    data/corpus/train/<package>/<name>.jpg        photos that training may use
+    data/corpus/validation/<package>/<name>.jpg   for choosing a model (examples/validation.txt)
+    data/corpus/heldout/<package>/<name>.jpg      the 64 held-out test photos (examples/heldout.txt)
+    data/corpus/heldout-new/<package>/<name>.jpg  held-out photos of the added packages
+                                                  (examples/heldout-new.txt)
+    data/corpus/manifest.csv                      one row per photo: file, split, package,
+                                                  version, original path, licence, credit,
+                                                  source URL, size, kind
 
-The photos, their packages and where their licences come from:
+The photos, their packages and where their licences come from (the first seven made the corpus
+the shipped weights were trained on; ``--original`` builds only those, as they were):
 
     lomiri-wallpapers-16.04      13  /usr/share/backgrounds/*_by_*.jpg without analogpattern*,
                                      umang* (abstract); debian/copyright (CC-BY-4.0, CC-BY-SA-4.0,
@@ -31,9 +38,34 @@ The photos, their packages and where their licences come from:
     stellarium-data              25  landscape panorama tiles (see STELLARIUM); the sky is
                                      transparent, so each tile is cropped to its fully opaque
                                      rows; GPL-2+, authors in each landscape.ini
+  added (photos of objects, animals, food, people and rooms; the licences from debian/copyright):
+    scratch                      53  Scratch 1.4's photo backgrounds (rooms, streets, fields,
+                                     sports grounds) without its drawings; CC-BY-SA-3.0,
+                                     Massachusetts Institute of Technology
+    kphotoalbum                  24  the demo album (people, pets, trips); GPL-2+, its author
+    gnome-control-center-data    15  the 512-pixel user pictures (objects, a cat, tomatoes);
+                                     "Files: *" (GPL-2+ and ... and CC0-1.0), no photographer named
+    kalzium-data                 19  laboratory equipment (of 39; the rest are too narrow);
+                                     GPL-2.0-or-later, the program's authors
+    tuxpaint-data                19  the photo templates (bark, sea, sheep); GPL-2+, Bill Kendrick
+    puzzle-jigsaw                 2  a cat and a tiger; CC0-1.0 (Pexels)
+    krank                        40  underwater photos (reefs, fish, a turtle); public domain,
+                                     Slava Anishenko (one of the 41 is a copy of another)
+    forensics-samples-files       6  a forensics test set's photos (dogs, a table, a city);
+                                     CC-BY-SA-4.0, its author
+    libelementary-data           12  EFL's test photos (dogs, a man, skies, stone); BSD-2-clause
+    libjxl-testdata               4  tulips, blossom, a flower, a shore; CC0 (3), BSD-3-clause (1)
 
-The held-out photos are chosen by a fixed rule (``choose_heldout``) and listed in
-examples/heldout.txt; when that file exists it is used as it is, so the split never moves.
+Each photo's kind (objects, animals, food, people, rooms, plants, buildings, landscapes,
+textures) comes from the first matching line of examples/photo-kinds.txt. The added packages'
+photos that are already gray, or near-copies of a photo collected before them, are left out.
+
+The splits never move. examples/heldout.txt (the fixed rule ``choose_heldout``) is the
+comparison set of the model card. examples/heldout-new.txt and examples/validation.txt come from
+``choose_by_kind``: 20% of each kind users mostly colorize (objects, animals, food, people,
+rooms), first of the added packages' photos (new held-out), then of every photo not held out
+(validation, so mostly from the old training part). Each list is written once when it is missing
+and then used as it is; a photo that no list names is a training photo.
 """
 import argparse
 import csv
