@@ -75,6 +75,7 @@ import json
 import posixpath
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
 
@@ -321,7 +322,6 @@ def kphotoalbum(root, version):
 
 def kphotoalbum_angles(index_xml):
     """{file: clockwise degrees} from a KPhotoAlbum index.xml (photos stored sideways there)."""
-    import xml.etree.ElementTree as ET
     return {node.get("file"): int(node.get("angle", "0")) % 360
             for node in ET.fromstring(index_xml).iter("image") if node.get("file")}
 
@@ -503,7 +503,7 @@ def read_or_choose(path, choose):
 def already_gray(image, threshold=5.0, share=0.01):
     """True when fewer than ``share`` of the pixels reach chroma |ab| >= ``threshold`` in Lab: the
     rule by which ``minicolor evaluate`` calls a photo black-and-white (measured on a thumbnail)."""
-    from minicolor.color import rgb_to_lab
+    from minicolor.color import rgb_to_lab  # here, so that --original needs only numpy and Pillow
     small = image.copy()
     small.thumbnail((256, 256))
     lab = rgb_to_lab(np.asarray(small, np.float64) / 255)
@@ -518,12 +518,12 @@ def thumbprint(image):
     return small / (np.linalg.norm(small) + 1e-9)
 
 
-def duplicate_of(print_, prints, threshold=0.97):
-    """The key in ``prints`` ({key: thumbprint}) of a near-copy of ``print_``, or None."""
-    if not prints:
+def duplicate_of(thumb, thumbs, threshold=0.97):
+    """The key in ``thumbs`` ({key: thumbprint}) of a near-copy of the photo of ``thumb``, or None."""
+    if not thumbs:
         return None
-    keys = list(prints)
-    scores = np.stack([prints[k] for k in keys]) @ print_
+    keys = list(thumbs)
+    scores = np.stack([thumbs[k] for k in keys]) @ thumb
     best = int(np.argmax(scores))
     return keys[best] if scores[best] >= threshold else None
 
@@ -563,7 +563,7 @@ def main():
         counts[why] = counts.get(why, 0) + 1
         print(f"{package}: {name} {what}; skipped", file=sys.stderr)
 
-    photos, prints = [], {}  # (package, version, name, image, original, licence, credit, url)
+    photos, thumbs = [], {}  # (package, version, name, image, original, licence, credit, url)
     for package, extract in sources.items():
         root, version = unpack(package, debs, unpacked)
         min_side = args.min_side if package in original else max(args.min_side, NEW_MIN_SIDE)
@@ -573,16 +573,16 @@ def main():
             if min(image.size) < min_side:
                 skip(package, name, "small", f"is {image.size[0]}x{image.size[1]}, under {min_side}")
                 continue
-            print_ = thumbprint(image)
+            thumb = thumbprint(image)
             if package in added:  # the original corpus stays as it was
                 if already_gray(image):
                     skip(package, name, "gray", "is already gray")
                     continue
-                twin = duplicate_of(print_, prints)
+                twin = duplicate_of(thumb, thumbs)
                 if twin:
                     skip(package, name, "duplicate", f"is a copy of {twin}")
                     continue
-            prints[key] = print_
+            thumbs[key] = thumb
             photos.append((package, version, name, resized(image, args.short_side), original_path,
                            licence, credit, url))
             n += 1

@@ -216,9 +216,9 @@ def test_near_copies_are_found_and_different_photos_are_not(rng):
     buffer = io.BytesIO()
     photo.resize((160, 120), Image.LANCZOS).save(buffer, "JPEG", quality=70)  # smaller, recompressed
     copy = Image.open(buffer).convert("RGB")
-    prints = {"a/photo": collect_photos.thumbprint(photo)}
-    assert collect_photos.duplicate_of(collect_photos.thumbprint(copy), prints) == "a/photo"
-    assert collect_photos.duplicate_of(collect_photos.thumbprint(other), prints) is None
+    thumbs = {"a/photo": collect_photos.thumbprint(photo)}
+    assert collect_photos.duplicate_of(collect_photos.thumbprint(copy), thumbs) == "a/photo"
+    assert collect_photos.duplicate_of(collect_photos.thumbprint(other), thumbs) is None
     assert collect_photos.duplicate_of(collect_photos.thumbprint(photo), {}) is None
 
 
