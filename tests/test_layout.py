@@ -11,6 +11,7 @@ Each case gets a fresh virtual environment without minicolor, which borrows this
 environment's packages (NumPy, Numba, pip, setuptools) through a .pth file, so nothing is
 downloaded and nothing is compiled.
 """
+import os
 import shutil
 import site
 import subprocess
@@ -70,11 +71,9 @@ def test_kernels_import_and_run_from_the_repository_root(install, tmp_path):
         pytest.fail("minicolor/kernels should be a symlink to ../kernels")
     repo = _copy_of_the_checkout(tmp_path / "repo")
     python = _bare_venv(tmp_path / "venv")
-    env = None
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what each case installs
     if install == "bare checkout":
-        import os
-
-        env = dict(os.environ, PYTHONPATH=str(repo))
+        env["PYTHONPATH"] = str(repo)
     else:
         flags = ["-e"] if install.endswith("-e .") else []
         _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *flags, "."], repo)
