@@ -116,7 +116,7 @@ def find_tool(name):
 
 def pinned_versions():
     """{package: version} of the '==' pins in pyproject.toml's cuda extra (numba-cuda, cuda-core):
-    the versions the fast launch path (kernels/launcher.py) was written for."""
+    the versions the fast launch path (kernels/_launch.py) was written for."""
     text = (ROOT / "pyproject.toml").read_text()
     extra = re.search(r"^cuda\s*=\s*\[(.*)\]\s*$", text, re.M)  # the extra is one line
     return dict(re.findall(r'"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^"]+)"', extra.group(1) if extra else ""))

@@ -191,8 +191,8 @@ def test_parsers_read_the_tools_output():
         "counts": {"passed": 31}, "seconds": 63.93}
     assert gpu_check.parse_launcher_host(
         "Numba's kernel[grid, block, stream](*args)     121.3 us of host time per launch\n"
-        "kernels/launcher.py                             31.0 us of host time per launch\n") == {
-        "Numba's kernel[grid, block, stream](*args)": 121.3, "kernels/launcher.py": 31.0}
+        "kernels/_launch.py                             31.0 us of host time per launch\n") == {
+        "Numba's kernel[grid, block, stream](*args)": 121.3, "kernels/_launch.py": 31.0}
     assert gpu_check_cases.split_tool_arguments(["--tool", "memcheck", "--x=1", "python", "--flag"]) == (
         ["--tool", "memcheck", "--x=1"], ["python", "--flag"])
 

@@ -1,6 +1,6 @@
-"""Every launch of a whole training step can take the fast launch path (kernels/launcher.py).
+"""Every launch of a whole training step can take the fast launch path (kernels/_launch.py).
 
-The fast path caches an argument's Numba type under ``launcher.argument_key``; an argument it
+The fast path caches an argument's Numba type under ``_launch.argument_key``; an argument it
 cannot key (a tuple, a string, a host array) sends the launch through Numba's own launch, at
 120-135 us of host time each on the H100 machine. Here a whole training step (forward, loss,
 backward, Adam) of the width-16 and width-64 networks is recorded on the sim device, nothing
@@ -22,7 +22,7 @@ except backend.DeviceError as exc:  # numba.cuda already imported for a real GPU
 import minicolor.kernels as kernels  # noqa: E402
 from minicolor import bench  # noqa: E402
 from minicolor.kernels import conv2d  # noqa: E402
-from minicolor.kernels import launcher as L  # noqa: E402
+from minicolor.kernels import _launch as L  # noqa: E402
 
 
 class DeviceArray:
