@@ -1,10 +1,11 @@
 """Adam over every parameter at once: two Numba CUDA kernels per step instead of ~13 per parameter.
 
-Read minicolor/optim.py's ``Adam.update`` first: the reference, one parameter at a time in
-NumPy or CuPy (each line there is one array operation, so one GPU kernel per line and
-parameter: about 780 for the 60 parameters of the width-16 network). Here the parameters,
-their gradients and both moments live in four flat buffers (``Adam`` in optim.py lays them
-out; every parameter's ``.data`` is a view into the flat parameter buffer), and one step is:
+Read minicolor/reference/adam.py first: the same two steps as NumPy/CuPy array code (each
+line there is one array operation, so one GPU kernel per line: and when it was written one
+parameter at a time, about 780 kernels for the 60 parameters of the width-16 network). The
+parameters, their gradients and both moments live in four flat buffers (``FlatBuffers`` in
+optim.py lays them out; every parameter's ``.data`` is a view into the flat parameter
+buffer), and one step is:
 
     _advance   one thread. The step number t lives on the device, in ``count``: the thread adds
                one to it, then works out the step's constants from the hyperparameters
@@ -30,15 +31,12 @@ from numba import cuda
 
 import minicolor.kernels as kernels
 from minicolor.kernels import SIMULATOR
+# the layout of hyper (float64) and coef (the parameters' dtype), shared with the reference
+from minicolor.reference.adam import (BETA1, BETA2, C_BETA1, C_BETA2, C_BIAS2, C_EPS,
+                                      C_ONE_MINUS_BETA1, C_ONE_MINUS_BETA2, C_STEP, C_WEIGHT_DECAY,
+                                      COEF_SIZE, EPS, HYPER_SIZE, LR, WEIGHT_DECAY)  # noqa: F401
 
 THREADS = 32 if SIMULATOR else 256  # threads per block (fewer Python threads in the simulator)
-
-# hyper (float64): the hyperparameters as given
-LR, BETA1, BETA2, EPS, WEIGHT_DECAY = range(5)
-HYPER_SIZE = 5
-# coef (the parameters' dtype): the step's constants
-C_BETA1, C_ONE_MINUS_BETA1, C_BETA2, C_ONE_MINUS_BETA2, C_EPS, C_WEIGHT_DECAY, C_STEP, C_BIAS2 = range(8)
-COEF_SIZE = 8
 
 
 @cuda.jit

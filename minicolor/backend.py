@@ -1,22 +1,93 @@
-"""Devices: where a tensor's array lives, and which code runs on it.
+"""Devices: where a tensor's array lives, and THE table of which code runs on it.
 
 minicolor knows three devices:
 
-    "cpu"   NumPy arrays; every op runs its NumPy reference (minicolor/reference/).
+    "cpu"   NumPy arrays; the hot ops run the fast CPU path (minicolor/cpu/: compiled Numba
+            loops, one matrix product per pass), checked against the NumPy references
+            (minicolor/reference/), which MINICOLOR_CPU=reference runs instead.
     "cuda"  CuPy arrays on an NVIDIA GPU; the hot ops run minicolor's own Numba CUDA
             kernels (kernels/, installed as minicolor.kernels), the rest run CuPy.
     "sim"   NumPy arrays run through the *same* Numba CUDA kernels under Numba's CUDA
             simulator, so the kernel path can be tested on a machine without a GPU.
             One Python thread per CUDA thread: meant for tiny shapes only.
 
-Everything above this file writes array code once against ``xp`` (NumPy or CuPy), in
-the spirit of DeZero's ``cuda.get_array_module``.
+"sim" is less a device than a mode of the whole process. Numba decides once, when
+``numba.cuda`` is first imported, whether ``cuda.jit`` compiles for a GPU or makes simulated
+kernels (the environment variable NUMBA_ENABLE_CUDASIM); after that every kernel of the
+process is one or the other. So asking for "sim" switches the simulator on for the process
+(``enable_simulator``), and "cuda" is refused from then on, and the other way round.
+
+Which code runs an op is decided in ONE place, ``implementation(op, device)`` below, from the
+table ``DEVICES``; nothing else in minicolor compares device names to pick code. Everything
+above this file writes array code once against ``xp`` (NumPy or CuPy), in the spirit of
+DeZero's ``cuda.get_array_module``.
 """
+import importlib
+import importlib.util
 import os
+from typing import NamedTuple
 
 import numpy as np
 
-DEVICES = ("cpu", "cuda", "sim")
+
+class Device(NamedTuple):
+    arrays: str     # the array module of its tensors: "numpy" or "cupy"
+    folders: tuple  # where its ops are looked for, in order (folders of the minicolor package)
+    graphs: bool    # whether a training step can be captured as a CUDA graph (graph.py)
+
+
+# THE table. Each op is a file of the same name in one or more of these folders, holding the
+# same functions with the same arguments (conv2d.py: forward, backward_data, backward_weight):
+#     reference/   NumPy/CuPy (xp) references: the oracle, simple on purpose; every op has one
+#     cpu/         the fast CPU path, checked against the reference
+#     kernels/     hand-written Numba CUDA kernels, checked against the reference
+# A device runs the first file it finds for an op in its folders: an op with no file of its own
+# for a device (the classification ops have only a reference) runs its reference there.
+DEVICES = {
+    "cpu": Device("numpy", ("cpu", "reference"), graphs=False),
+    "sim": Device("numpy", ("kernels", "reference"), graphs=False),
+    "cuda": Device("cupy", ("kernels", "reference"), graphs=True),
+}
+# The one switch back from the fast CPU path to the references: MINICOLOR_CPU=reference in the
+# environment, or ``use_references_on_cpu(True)``.
+if os.environ.get("MINICOLOR_CPU", "fast") == "reference":
+    DEVICES["cpu"] = DEVICES["cpu"]._replace(folders=("reference",))
+
+_FOUND = {}  # (op, folders) -> module
+
+
+def implementation(op, device):
+    """The module that computes ``op`` on ``device`` (see DEVICES): for example
+    ``implementation("conv2d", "cuda")`` is minicolor.kernels.conv2d."""
+    folders = DEVICES[device].folders
+    module = _FOUND.get((op, folders))
+    if module is None:
+        for folder in folders:
+            name = f"minicolor.{folder}.{op}"
+            if folder == "reference" or _exists(name):
+                module = _FOUND[(op, folders)] = importlib.import_module(name)
+                break
+    return module
+
+
+def _exists(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its folder is not there
+        return False
+
+
+def use_references_on_cpu(on=True):
+    """Run the NumPy references on "cpu" (True) or the fast CPU path (False); returns the
+    previous setting. The same as MINICOLOR_CPU=reference, for one process from Python."""
+    before = DEVICES["cpu"].folders == ("reference",)
+    DEVICES["cpu"] = DEVICES["cpu"]._replace(folders=("reference",) if on else ("cpu", "reference"))
+    return before
+
+
+def captures_graphs(device):
+    """Whether a training step on ``device`` can be captured as a CUDA graph (graph.py)."""
+    return DEVICES[device].graphs
 
 
 class DeviceError(RuntimeError):
@@ -26,7 +97,7 @@ class DeviceError(RuntimeError):
 def check_device(device):
     """Return ``device`` if this machine can serve it, else raise a clear DeviceError."""
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        raise ValueError(f"device must be one of {tuple(DEVICES)}, got {device!r}")
     if device == "cuda":
         cuda_problem = why_no_cuda()
         if cuda_problem:
@@ -163,13 +234,20 @@ def device_of(array):
     return "cuda" if get_array_module(array) is not np else "cpu"
 
 
+def array_module(device):
+    """The array module of ``device``'s tensors: NumPy (cpu, sim) or CuPy (cuda)."""
+    return importlib.import_module(DEVICES[device].arrays)
+
+
+def holds(device, array):
+    """Whether ``array`` is already an array of ``device``'s kind (a NumPy array for "sim")."""
+    return get_array_module(array) is array_module(device)
+
+
 def as_array(data, device, dtype=None):
     """``data`` as an array of ``device``: NumPy for cpu and sim, CuPy for cuda."""
-    if device == "cuda":
-        import cupy
-
-        return cupy.asarray(data, dtype=dtype)
-    return np.asarray(to_numpy(data), dtype=dtype)
+    xp = array_module(device)
+    return xp.asarray(data if xp is not np else to_numpy(data), dtype=dtype)
 
 
 def to_numpy(array):

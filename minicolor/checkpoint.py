@@ -384,6 +384,13 @@ def load_model(path, device="cpu"):
     return load_state(path, model, section(arrays, "model/")).to(device)
 
 
+def load_weights(path, model):
+    """Copy the weights of a weights or checkpoint file into ``model`` (same width and head;
+    every member checked; no optimizer state read)."""
+    arrays, _ = read_state(path, model, optimizer_state=False)
+    return load_state(path, model, section(arrays, "model/"))
+
+
 def init_from(model, path):
     """Copy the weights of ``path`` whose names and shapes match ``model`` (fine-tuning).
 
@@ -395,3 +402,51 @@ def init_from(model, path):
     model.load_state_dict(state, strict=False)
     fresh = sorted(set(_state_shapes(model)) - set(state))
     return f"{len(state)} arrays copied" + (f", fresh: {', '.join(fresh)}" if fresh else "")
+
+
+def save_checkpoint(path, model, optimizer, step, trainer, history, data):
+    """A checkpoint, written atomically: weights and batchnorm statistics (model/), the
+    optimizer's state (optim/), the step number, and a config holding the network, the
+    trainer's settings (``trainer``: seed, batch size, ...), the loss ``history`` and the
+    identity of the training ``data``. The random state of step k is default_rng([seed, k, ...]):
+    seed and step are all of it, so a resumed run repeats an uninterrupted one exactly."""
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
+    arrays["step"] = np.asarray(step)
+    arrays["config"] = np.asarray(json.dumps({"model": model.config(), "trainer": trainer,
+                                              "history": history, "data": data}))
+    save_npz_atomic(path, arrays)
+    return Path(path)
+
+
+def load_checkpoint(path, model, optimizer, trainer, data):
+    """Restore a checkpoint written by ``save_checkpoint`` into ``model`` and ``optimizer``;
+    returns (step, history).
+
+    Refused: a weights file (no optimizer state, no step: start from one with
+    ``Trainer.load_weights``), another network, or other settings that decide the batches (seed,
+    batch size: the run could not repeat). Training on other data than the checkpoint's
+    (``data``, see data.data_identity) is allowed, with a warning."""
+    arrays, config = read_state(path, model)
+    if "trainer" not in config:
+        raise ValueError(f"{path} is a weights file (no optimizer state, no step), not a "
+                         "checkpoint.npz; it cannot be resumed exactly")
+    if "step" not in arrays or int(arrays["step"]) < 0 or "history" not in config:
+        raise ValueError(f"{path} is a checkpoint without a step number or loss history; "
+                         "it cannot be resumed exactly")
+    if config["trainer"]["seed"] != trainer["seed"] or config["trainer"]["batch_size"] != trainer["batch_size"]:
+        raise ValueError(f"checkpoint {path} was trained with {config['trainer']}; this trainer "
+                         f"has {trainer}: the batches would differ")
+    old = config.get("data")
+    if old and data and old["hash"] != data["hash"]:
+        warnings.warn(f"checkpoint {path} was trained on other data ({old['kind']}, "
+                      f"{old['images']} training images) than this run's ({data['kind']}, "
+                      f"{data['images']}); training goes on with this run's data", stacklevel=3)
+    load_state(path, model, section(arrays, "model/"))
+    try:
+        optimizer.load_state_dict(section(arrays, "optim/"))
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path} holds no state for this trainer's {trainer['optimizer']} "
+                         f"optimizer ({type(exc).__name__}: {exc})") from exc
+    history = {k: [tuple(p) for p in config["history"].get(k, [])] for k in ("train", "val")}
+    return int(arrays["step"]), history

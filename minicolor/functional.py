@@ -1,46 +1,21 @@
 """Differentiable layers as functions: conv2d, batch_norm, relu, upsample, mse_loss, and the
 fused relu_batch_norm (a ReLU feeding a batchnorm, as one op).
 
-Each layer is a ``Function`` whose forward and backward call one of two implementations
-of the same arithmetic, chosen by the device of the input (the only place that chooses):
+Each layer is a ``Function`` whose forward and backward call an implementation of the same
+arithmetic, which ``backend.implementation(op, device)`` picks from the device of the input
+(backend.py holds the table, the one place that chooses):
 
-    "cpu"          minicolor/reference/<op>.py   NumPy, written against xp
-    "cuda", "sim"  kernels/<op>.py               hand-written Numba CUDA kernels
+    minicolor/reference/<op>.py   NumPy, written against xp: the oracle (every op has one)
+    minicolor/cpu/<op>.py         the fast CPU path ("cpu")
+    kernels/<op>.py               hand-written Numba CUDA kernels ("cuda", "sim")
 
-Both expose the same functions with the same arguments, so the Function reads the same
+All expose the same functions with the same arguments, so the Function reads the same
 whichever runs. The public functions check their arguments first and say what was
 expected and what was given.
 """
-import importlib
-
 from . import backend
-from .reference import batchnorm as _ref_batchnorm
-from .reference import classify as _ref_classify
-from .reference import conv2d as _ref_conv2d
-from .reference import mse as _ref_mse
-from .reference import upsample as _ref_upsample
+from .backend import implementation
 from .tensor import Function, Tensor
-
-_REFERENCES = {
-    "conv2d": _ref_conv2d,
-    "batchnorm": _ref_batchnorm,
-    "upsample": _ref_upsample,
-    "mse": _ref_mse,
-    "classify": _ref_classify,
-}
-
-
-_KERNELS = {"conv2d", "batchnorm", "upsample", "mse"}  # ops with hand-written CUDA kernels
-
-
-def implementation(op, device):
-    """The module that computes ``op`` on ``device``: a reference, or its CUDA kernels.
-
-    Ops without kernels (the classification ops) run their xp reference everywhere.
-    """
-    if device == "cpu" or op not in _KERNELS:
-        return _REFERENCES[op]
-    return importlib.import_module(f"minicolor.kernels.{op}")
 
 
 # --- conv2d ----------------------------------------------------------------------------

@@ -41,12 +41,17 @@ The capture itself sits behind a small interface, ``capture(fn) -> recording`` w
 into the first call's outputs. The bookkeeping here (buffers, copy-in, warm-up, refreshing the
 hyperparameters, falling back) is the same for both, so it is tested on any machine; only
 ``CudaCapture`` needs a GPU (tests/test_graph_gpu.py).
+
+``TrainingGraph`` at the end is what the Trainer uses: its training step (forward, loss,
+backward, update) through a StepGraph, or the reason it runs eagerly instead.
 """
 import contextlib
+import warnings
 
 import numpy as np
 
 from . import backend
+from .tensor import Tensor
 
 
 class GraphUnavailable(RuntimeError):
@@ -170,7 +175,7 @@ class _CudaRecording:
 def capture_for(device, frozen=()):
     """The capture to use on ``device``: the real CUDA one, or the stand-in (which replays with
     the Python values that the objects in ``frozen`` had at capture, as a real graph does)."""
-    return CudaCapture() if device == "cuda" else RecordedCapture(frozen)
+    return CudaCapture() if backend.captures_graphs(device) else RecordedCapture(frozen)
 
 
 # --- the captured step ------------------------------------------------------------------------------
@@ -270,3 +275,71 @@ def copy_into(buffer, values):
         buffer.set(np.ascontiguousarray(values, dtype=buffer.dtype))  # host -> device, no temporary
     else:
         buffer[...] = values
+
+
+# --- the Trainer's step -------------------------------------------------------------------------------
+class TrainingGraph:
+    """A model's training step as a captured graph, for the Trainer (train.py).
+
+    ``step(x, y)`` runs one step (forward, loss, backward, update) on the batch (normalised L
+    and ab, host arrays) and returns copies of its losses on the device: (MSE,) or, for the
+    classification head, (MSE, cross-entropy). It returns None where this step must run
+    eagerly instead: the graph is not wanted, the batch has another shape than the captured
+    one (the graph stays for the next), or the capture failed (a one-time warning; ``off``
+    says why from then on).
+
+    ``wanted``: None (a graph where the device captures graphs: "cuda"), True (on any device;
+    on cpu and sim the stand-in replays the Python step, to test the bookkeeping), False.
+    """
+
+    def __init__(self, model, optimizer, device, wanted=None):
+        if wanted not in (None, True, False):
+            raise ValueError(f"graph must be None (on cuda only), True or False, got {wanted!r}")
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.graph = None  # the StepGraph, once a step has used it
+        self.off = None  # why no graph is used (a sentence), once that is known
+        if wanted is None and not backend.captures_graphs(device):
+            self.off = f"CUDA graphs need device 'cuda'; this trainer runs on {device}"
+        elif wanted is False:
+            self.off = "graph=False: training eagerly"
+
+    @property
+    def captured(self):
+        """True once the step has been captured and is being replayed."""
+        return self.graph is not None and self.graph.captured
+
+    @property
+    def active(self):
+        """True while steps go through the StepGraph (its eager warm-up steps included): each
+        returns its losses after its update."""
+        return self.graph is not None
+
+    def reset(self):
+        """Forget the capture (the state it recorded was replaced, e.g. by a checkpoint)."""
+        self.graph = None
+
+    def step(self, x, y):
+        if self.off is not None:
+            return None
+        if self.graph is None:
+            layers = [module for _, module in self.model.named_modules()]
+            capture = capture_for(self.device, frozen=[self.optimizer, *layers])
+            self.graph = StepGraph(self._recorded_step, capture, refresh=self.optimizer.refresh)
+        try:
+            outputs = self.graph(x, y)
+        except ShapeChanged:
+            return None
+        except GraphUnavailable as exc:
+            self.off, self.graph = str(exc), None
+            warnings.warn(f"training eagerly: {exc}", RuntimeWarning, stacklevel=3)
+            return None
+        return self.graph.snapshot(outputs)  # the next replay overwrites the outputs
+
+    def _recorded_step(self, x, y):
+        """The step the graph records: forward, loss, backward, update; no host reads."""
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss, mse = self.model.loss(Tensor(x, device=self.device), Tensor(y, device=self.device))
+        loss.backward()
+        self.optimizer.step()
+        return (mse.data,) if loss is mse else (mse.data, loss.data)

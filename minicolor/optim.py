@@ -62,20 +62,16 @@ class Optimizer:
 
     def step(self):
         self.refresh()
-        self._constants, self._rounded = self._step_constants(), {}
+        self._rounded = {}
         for i, p in enumerate(self.params):
             if p.grad is not None:
                 self.update(i, p.data, p.grad)
 
-    def _step_constants(self):
-        """The numbers of this step, float64 on the device: the hyperparameters themselves here."""
-        return self.hyper
-
     def _coefficients(self, dtype):
-        """This step's constants as ``dtype`` values, rounded once per step and dtype (a Python
+        """The hyperparameters as ``dtype`` values, rounded once per step and dtype (a Python
         float meeting a ``dtype`` array is rounded the same way, so the bits are the same)."""
         if dtype not in self._rounded:
-            self._rounded[dtype] = tuple(self._constants.astype(dtype))
+            self._rounded[dtype] = tuple(self.hyper.astype(dtype))
         return self._rounded[dtype]
 
     def update(self, i, param, grad):
@@ -87,10 +83,6 @@ class Optimizer:
 
     def load_state_dict(self, state):
         raise NotImplementedError
-
-
-def _zeros_like(a):
-    return backend.get_array_module(a).zeros_like(a)
 
 
 class SGD(Optimizer):
@@ -129,44 +121,28 @@ class SGD(Optimizer):
             self.velocity[i] = backend.as_array(state[key], p.device) if key in state else None
 
 
-def _advance(count, hyper):
-    """kernels/adam.py's ``_advance`` in NumPy or CuPy: add one to the step number t (``count[0]``,
-    on the device) and return the step's constants, float64:
-    b1, 1 - b1, b2, 1 - b2, eps, weight decay, lr / (1 - b1^t), 1 - b2^t."""
-    xp = backend.get_array_module(count)
-    count += 1
-    t = count[0]
-    lr, b1, b2, eps, weight_decay = hyper
-    return xp.stack([b1, 1 - b1, b2, 1 - b2, eps, weight_decay, lr / (1 - b1**t), 1 - b2**t])
-
-
 class Adam(Optimizer):
     """Adam (Kingma and Ba 2015) with bias correction, PyTorch's defaults.
 
         m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
         param -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
-    ``update`` below is the reference: NumPy or CuPy, one parameter at a time. On the "cuda"
-    and "sim" devices (parameters all of one float dtype) the step runs kernels/adam.py
-    instead: every parameter's ``.data`` becomes a view into one flat buffer, and one kernel
-    updates them all (see ``FlatBuffers``). Both give the same numbers, to rounding.
+    Every parameter's ``.data`` becomes a view into one flat buffer (``FlatBuffers``), so one
+    step updates them all at once, through the implementation that the device's table picks
+    (``backend.implementation("adam", device)``): reference/adam.py on "cpu" (NumPy array code),
+    kernels/adam.py on "cuda" and "sim" (two kernel launches a step). Both give the same numbers.
 
     The step number t lives on the device (``count``, as the hyperparameters do in ``hyper``),
-    and each step works out its constants there (``_advance``, or the fused kernel's own): a
-    CUDA graph's replay then uses the right bias correction every time.
+    and each step works out its constants there: a CUDA graph's replay then uses the right bias
+    correction every time.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
-        xp = backend.get_array_module(self.params[0].data)
-        self.count = xp.zeros(1, np.float64)  # the step number t, on the device (exact to 2^53)
-        self.flat = FlatBuffers.for_params(self.params)
-        if self.flat is None:
-            self.m = [_zeros_like(p.data) for p in self.params]
-            self.v = [_zeros_like(p.data) for p in self.params]
-        else:
-            self.m, self.v = self.flat.views(self.flat.m), self.flat.views(self.flat.v)
+        self.flat = FlatBuffers(self.params)
+        self.count = self.flat.xp.zeros(1, np.float64)  # the step number t (exact to 2^53)
+        self.m, self.v = self.flat.views(self.flat.m), self.flat.views(self.flat.v)
 
     def hyperparameters(self):
         return (self.lr, *self.betas, self.eps, self.weight_decay)
@@ -184,29 +160,8 @@ class Adam(Optimizer):
         self.count[...] = value
 
     def step(self):
-        if self.flat is None:
-            super().step()
-            return
         self.refresh()
         self.flat.step(self.params, self.count, self.hyper)
-
-    def _step_constants(self):
-        return _advance(self.count, self.hyper)
-
-    def update(self, i, param, grad):
-        b1, one_minus_b1, b2, one_minus_b2, eps, weight_decay, step_size, bias2 = \
-            self._coefficients(param.dtype)  # lr / (1 - b1^t) and 1 - b2^t among them
-        if self.weight_decay:
-            grad = grad + weight_decay * param
-        m, v = self.m[i], self.v[i]
-        m *= b1
-        m += one_minus_b1 * grad
-        v *= b2
-        v += one_minus_b2 * (grad * grad)
-        xp = backend.get_array_module(param)
-        denom = xp.sqrt(v / bias2)
-        denom += eps
-        param -= step_size * m / denom
 
     def state_dict(self):
         state = {"t": np.asarray(self.t)}
@@ -223,40 +178,29 @@ class Adam(Optimizer):
                 if tuple(value.shape) != tuple(p.shape):
                     raise ValueError(f"Adam state {name}.{i} has shape {tuple(value.shape)}, "
                                      f"parameter {i} has {tuple(p.shape)}")
-                if self.flat is None:
-                    slot[i] = backend.as_array(value, p.device, p.dtype)
-                else:  # the moments are views into the flat buffers: fill them in place
-                    slot[i][...] = backend.as_array(value, p.device, p.dtype)
+                slot[i][...] = backend.as_array(value, p.device, p.dtype)  # views: fill in place
 
 
 class FlatBuffers:
-    """Adam's state for kernels/adam.py: parameters, gradients and moments in four flat buffers.
+    """Adam's state in four flat buffers: parameters, gradients and both moments.
 
     Parameter i occupies ``param[offsets[i]:offsets[i] + size_i]``, its ``.data`` a view of that
     slice; offsets are rounded up to ALIGN elements, and the gaps stay zero in every buffer (a
     zero gradient leaves a zero parameter where it is). ``coef`` holds the step's constants in
-    the parameters' dtype, worked out on the device by the first kernel of each step.
+    the parameters' dtype, worked out on the device by the first call of each step. The
+    parameters must share one device and one floating dtype (give each dtype an optimizer).
     """
 
     ALIGN = 64  # elements: each parameter starts on a 256-byte boundary (float32)
 
-    @classmethod
-    def for_params(cls, params):
-        """FlatBuffers for ``params`` on "cuda" or "sim", all of one float dtype; else None."""
-        devices = {p.device for p in params}
-        dtypes = {p.dtype for p in params}
-        if len(devices) != 1 or devices.pop() not in ("cuda", "sim") or len(dtypes) != 1:
-            return None
-        dtype = dtypes.pop()
-        if dtype.kind != "f":
-            return None
-        return cls(params, dtype)
-
-    def __init__(self, params, dtype):
-        from .kernels import adam as kernel
-
-        self.kernel = kernel
-        xp = backend.get_array_module(params[0].data)
+    def __init__(self, params):
+        devices, dtypes = {p.device for p in params}, {p.dtype for p in params}
+        if len(devices) != 1 or len(dtypes) != 1 or next(iter(dtypes)).kind != "f":
+            raise ValueError(f"Adam: the parameters must share one device and one floating dtype, "
+                             f"got devices {sorted(devices)} and dtypes {sorted(map(str, dtypes))}")
+        device, dtype = devices.pop(), dtypes.pop()
+        self.impl = backend.implementation("adam", device)  # reference/adam.py or kernels/adam.py
+        self.xp = xp = backend.array_module(device)
         self.offsets, total = [], 0
         for p in params:
             self.offsets.append(total)
@@ -269,7 +213,7 @@ class FlatBuffers:
         for p, view in zip(params, self.param_views):
             view[...] = p.data
             p.data = view
-        self.coef = xp.zeros(kernel.COEF_SIZE, dtype)
+        self.coef = xp.zeros(self.impl.COEF_SIZE, dtype)
 
     def views(self, flat):
         """One view of ``flat`` per parameter, in the parameter's shape."""
@@ -287,10 +231,10 @@ class FlatBuffers:
             if p.grad is not None:
                 grad_view[...] = p.grad  # the one copy per parameter: gradients arrive separately
                 with_grad.append(i)
-        self.kernel.advance(count, hyper, self.coef)
-        for first, last in _runs(with_grad):  # all of them, usually: one launch
+        self.impl.advance(count, hyper, self.coef)
+        for first, last in _runs(with_grad):  # all of them, usually: one call
             a, b = self.offsets[first], self.offsets[last + 1]
-            self.kernel.update(self.param[a:b], self.grad[a:b], self.m[a:b], self.v[a:b], self.coef)
+            self.impl.update(self.param[a:b], self.grad[a:b], self.m[a:b], self.v[a:b], self.coef)
 
 
 def _runs(indices):
@@ -302,3 +246,12 @@ def _runs(indices):
         else:
             runs.append([i, i])
     return runs
+
+
+def by_name(name, params, lr):
+    """The Trainer's optimizers by name: "adam" (PyTorch's defaults) or "sgd" (momentum 0.9)."""
+    if name == "adam":
+        return Adam(params, lr=lr)
+    if name == "sgd":
+        return SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")

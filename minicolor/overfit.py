@@ -61,7 +61,7 @@ def overfit(image, steps=400, width=16, size=224, lr=1e-4, device="cpu", seed=0,
         "total_seconds": time.perf_counter() - started,  # with the pictures
         "device": trainer.device, "steps": steps,
         "grids": [str(g) for g in grids], "loss_curve": str(curve),
-        "graph": trainer.graph_captured,
+        "graph": trainer.graph.captured,
     }
 
 

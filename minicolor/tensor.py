@@ -47,8 +47,7 @@ class Tensor:
             data = data.data
         if device is None:
             device = backend.device_of(data)
-        home = "cuda" if device == "cuda" else "cpu"  # 'sim' arrays are NumPy arrays
-        if not hasattr(data, "dtype") or backend.device_of(data) != home:
+        if not hasattr(data, "dtype") or not backend.holds(device, data):
             data = backend.as_array(data, device)
         if data.dtype.kind not in "fc" and requires_grad:
             raise TypeError(f"only floating-point tensors can require grad, got dtype {data.dtype}")

@@ -23,15 +23,14 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backend, color, graph as step_graph, optim, viz
-from .checkpoint import load_state, read_state, save_npz_atomic, section
+from . import backend, checkpoint, color, optim, viz
 from .data import batch_indices, data_identity
+from .graph import TrainingGraph
 from .functional import mse_loss
 from .tensor import Tensor, no_grad
 
@@ -40,6 +39,46 @@ LOSS_UNIT = color.AB_SCALE**2  # normalised MSE -> MSE in Lab units
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class LossLog:
+    """The training losses: their history on the host, and the steps whose loss is still on the
+    device (no host synchronisation inside a step: a step only ``add``s its loss arrays).
+
+    ``read`` brings every unread loss to the host in one transfer, checks that each is finite
+    (else TrainingDiverged, naming the step) and appends it to ``history["train"]`` as (step,
+    MSE in Lab units); ``objective`` is the last cross-entropy of the classification head."""
+
+    def __init__(self):
+        self.history = {"train": [], "val": []}  # lists of (step, loss in Lab units)
+        self.unread = []  # (step, mse, objective or None), on the device
+        self.objective = None
+
+    def add(self, step, mse, objective=None):
+        self.unread.append((step, mse, objective))
+
+    def forget_after(self, step):
+        """Drop what is known of the steps after ``step`` (a step cut short by Ctrl-C)."""
+        self.unread = [u for u in self.unread if u[0] <= step]
+        self.history["train"] = [(s, v) for s, v in self.history["train"] if s <= step]
+
+    def read(self, after_update=False, checkpoint=None):
+        if not self.unread:
+            return None
+        unread, self.unread = self.unread, []
+        xp = backend.get_array_module(unread[0][1])
+        both = [a for _, mse, objective in unread for a in (mse, mse if objective is None else objective)]
+        values = backend.to_numpy(xp.stack(both).astype(xp.float64)).reshape(-1, 2)
+        for (step, _, objective), (mse, cross_entropy) in zip(unread, values):
+            value = float(mse) * LOSS_UNIT
+            if not np.isfinite(value):
+                raise TrainingDiverged(
+                    f"the loss became {value} at step {step}; training stopped "
+                    f"{'after' if after_update else 'before'} updating the weights at step "
+                    f"{unread[-1][0]}. The last good checkpoint (if any) is {checkpoint}")
+            self.history["train"].append((step, value))
+            self.objective = None if objective is None else float(cross_entropy)
+        return value
 
 
 class Trainer:
@@ -55,39 +94,19 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_set, self.val_set = train_set, val_set
         self.config = {"lr": lr, "batch_size": batch_size, "optimizer": optimizer, "seed": seed}
-        if optimizer == "adam":
-            self.optimizer = optim.Adam(model.parameters(), lr=lr)
-        elif optimizer == "sgd":
-            self.optimizer = optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        else:
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        self.optimizer = optim.by_name(optimizer, model.parameters(), lr)
         self.batch_size, self.seed = batch_size, seed
         self.out_dir = Path(out_dir)
         self.log_every, self.val_every = log_every, val_every
         self.checkpoint_every, self.sample_every = checkpoint_every, sample_every
         self.n_samples, self.progress = n_samples, progress
         self.step = 0
-        self.objective = None
-        self.history = {"train": [], "val": []}  # lists of (step, loss in Lab units)
+        self.losses = LossLog()  # the history, and the losses still on the device
         self.target = None  # the step fit() trains to: it decides which steps read their loss
-        self.unread = []  # (step, mse, objective) of steps whose loss is still on the device
-        if graph not in (None, True, False):
-            raise ValueError(f"graph must be None (on cuda only), True or False, got {graph!r}")
-        self.graph = graph
+        self.graph = TrainingGraph(self.model, self.optimizer, self.device, graph)
         self.train_seconds = 0.0  # wall time inside fit's step loops (no loss curve), all fits
-        self._graph = None  # the StepGraph, once a step has used it
-        self.graph_off = None  # why the graph is not used (a sentence), once that is known
 
     # --- one step ---------------------------------------------------------------------------
-    @staticmethod
-    def _inputs(l, ab):
-        """The network's input and target for a batch of L and ab: float32 host arrays."""
-        return (np.ascontiguousarray(color.normalize_l(l)[:, None], np.float32),
-                np.ascontiguousarray(color.normalize_ab(ab), np.float32))
-
-    def _tensors(self, l, ab):
-        return tuple(Tensor(backend.as_array(a, self.device), device=self.device)
-                     for a in self._inputs(l, ab))
 
     def train_step(self):
         """Run step ``self.step + 1``; return its loss in Lab units (before the update), or None.
@@ -101,66 +120,31 @@ class Trainer:
         indices = batch_indices(len(self.train_set), self.batch_size, self.step, self.seed)
         rng = np.random.default_rng([self.seed, self.step, 1])  # augmentation of this step
         l, ab = self.train_set.batch(indices, rng)
-        if self._graph_wanted():
-            done, value = self._graph_train_step(l, ab)
-            if done:
-                return value
-        x, y = self._tensors(l, ab)
+        losses = self.graph.step(*network_inputs(l, ab))  # None: this step runs eagerly
+        if losses is not None:
+            self.step += 1
+            self.losses.add(self.step, *losses)
+            return self.read_losses() if self._reads(self.step) else None
+        x, y = network_inputs(l, ab, self.device)
         self.model.train()
         self.optimizer.zero_grad()
         loss, mse = self.model.loss(x, y)
         # what is minimised, when it is not the MSE (the classification head's cross-entropy)
-        self.unread.append((self.step + 1, mse.data, None if loss is mse else loss.data))
+        self.losses.add(self.step + 1, mse.data, *([] if loss is mse else [loss.data]))
         value = self.read_losses() if self._reads(self.step + 1) else None
         loss.backward()
         self.optimizer.step()
         self.step += 1
         return value
 
-    # --- the step as a CUDA graph (graph.py) -------------------------------------------------
     @property
-    def graph_captured(self):
-        """True once the step has been captured and is being replayed."""
-        return self._graph is not None and self._graph.captured
+    def history(self):
+        """{"train": [(step, loss)], "val": [(step, loss)]}, losses in Lab units."""
+        return self.losses.history
 
-    def _graph_wanted(self):
-        if self.graph is False or self.graph_off is not None:
-            return False
-        if self.graph is None and self.device != "cuda":
-            self.graph_off = f"CUDA graphs need device 'cuda'; this trainer runs on {self.device}"
-            return False
-        return True
-
-    def _graph_train_step(self, l, ab):
-        """One step through the StepGraph: (True, loss or None), or (False, None) where this
-        step must run eagerly."""
-        x, y = self._inputs(l, ab)
-        if self._graph is None:
-            layers = [module for _, module in self.model.named_modules()]
-            capture = step_graph.capture_for(self.device, frozen=[self.optimizer, *layers])
-            self._graph = step_graph.StepGraph(self._captured_step, capture, refresh=self.optimizer.refresh)
-        try:
-            outputs = self._graph(x, y)
-        except step_graph.ShapeChanged:
-            return False, None  # an odd batch: this step runs eagerly, the graph stays for the next
-        except step_graph.GraphUnavailable as exc:
-            self.graph_off = str(exc)
-            self._graph = None
-            warnings.warn(f"training eagerly: {exc}", RuntimeWarning, stacklevel=3)
-            return False, None
-        self.step += 1
-        mse, *objective = self._graph.snapshot(outputs)  # the next replay overwrites the outputs
-        self.unread.append((self.step, mse, objective[0] if objective else None))
-        return True, (self.read_losses() if self._reads(self.step) else None)
-
-    def _captured_step(self, x, y):
-        """The step the graph records: forward, loss, backward, update; no host reads."""
-        self.model.train()
-        self.optimizer.zero_grad()
-        loss, mse = self.model.loss(Tensor(x, device=self.device), Tensor(y, device=self.device))
-        loss.backward()
-        self.optimizer.step()
-        return (mse.data,) if loss is mse else (mse.data, loss.data)
+    @history.setter
+    def history(self, value):
+        self.losses.history = value
 
     def _reads(self, step):
         """Whether ``step`` reads the losses: inside fit, when it logs, validates or checkpoints."""
@@ -170,40 +154,13 @@ class Trainer:
                    for every in (self.log_every, self.val_every, self.checkpoint_every))
 
     def read_losses(self):
-        """Bring the unread losses to the host (one transfer), check them and add them to the
-        history; return the last one in Lab units. Raises TrainingDiverged at the first one
-        that is not finite."""
-        if not self.unread:
-            return None
-        unread, self.unread = self.unread, []
-        xp = backend.get_array_module(unread[0][1])
-        both = [a for _, mse, objective in unread for a in (mse, mse if objective is None else objective)]
-        values = backend.to_numpy(xp.stack(both).astype(xp.float64)).reshape(-1, 2)
-        for (step, _, objective), (mse, cross_entropy) in zip(unread, values):
-            value = float(mse) * LOSS_UNIT
-            if not np.isfinite(value):
-                when = "before" if self._graph is None else "after"  # a graph step is one call
-                raise TrainingDiverged(
-                    f"the loss became {value} at step {step}; training stopped {when} updating "
-                    f"the weights at step {unread[-1][0]}. The last good checkpoint (if any) is "
-                    f"{self.checkpoint_path}")
-            self.history["train"].append((step, value))
-            self.objective = None if objective is None else float(cross_entropy)
-        return value
+        """Bring the unread losses to the host and check them (``LossLog.read``); return the
+        last one in Lab units, or None if none was unread."""
+        return self.losses.read(after_update=self.graph.active, checkpoint=self.checkpoint_path)
 
     def validate(self, dataset=None):
-        """Mean MSE (Lab units) over a data set, in eval mode, without augmentation."""
-        dataset = self.val_set if dataset is None else dataset
-        self.model.eval()
-        total, count = 0.0, 0
-        with no_grad():
-            for start in range(0, len(dataset), self.batch_size):
-                indices = np.arange(start, min(start + self.batch_size, len(dataset)))
-                x, y = self._tensors(*dataset.batch(indices))
-                total += float(mse_loss(self.model(x), y).item()) * len(indices)
-                count += len(indices)
-        self.model.train()
-        return total / count * LOSS_UNIT
+        """Mean MSE (Lab units) over a data set (default: the validation set): ``mean_loss``."""
+        return mean_loss(self.model, self.val_set if dataset is None else dataset, self.batch_size)
 
     # --- the loop ---------------------------------------------------------------------------
     def fit(self, steps, on_step=None):
@@ -228,8 +185,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{speed:.1f}")
                 if self._due(self.log_every, steps):
                     record = {"step": self.step, "loss": loss, "images_per_s": speed}
-                    if self.objective is not None:
-                        record["cross_entropy"] = self.objective
+                    if self.losses.objective is not None:
+                        record["cross_entropy"] = self.losses.objective
                     self.log(record)
                 if self._due(self.val_every, steps) and self.val_set is not None and len(self.val_set):
                     val = self.validate()
@@ -249,9 +206,8 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             # the history holds the steps done: read the rest, forget a step cut short
-            self.unread = [u for u in self.unread if u[0] <= self.step]
+            self.losses.forget_after(self.step)
             self.read_losses()
-            self.history["train"] = [(s, v) for s, v in self.history["train"] if s <= self.step]
             path = self.save_checkpoint()
             print(f"\ninterrupted at step {self.step}; checkpoint saved to {path}")
             raise
@@ -300,57 +256,47 @@ class Trainer:
 
     def save_checkpoint(self, path=None):
         """Weights, batchnorm statistics, optimizer state, step and seed, written atomically."""
-        path = Path(path or self.checkpoint_path)
-        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
-        arrays.update({f"optim/{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()})
-        arrays["step"] = np.asarray(self.step)
-        # The random state of step k is default_rng([seed, k, ...]): seed and step are all of it.
-        arrays["config"] = np.asarray(json.dumps({
-            "model": self.model.config(),
-            "trainer": self.config, "history": self.history,
-            "data": data_identity(self.train_set),  # checked (a warning) on resume
-        }))
-        save_npz_atomic(path, arrays)
-        return path
+        return checkpoint.save_checkpoint(path or self.checkpoint_path, self.model, self.optimizer,
+                                          self.step, self.config, self.history,
+                                          data_identity(self.train_set))
 
     def load_checkpoint(self, path):
-        """Restore a checkpoint written by save_checkpoint; training then goes on from its step.
-
-        A weights file (no optimizer state, no step) is refused: ``load_weights`` starts from
-        one. Training on other data than the checkpoint's (``data.data_identity``) is allowed,
-        with a warning."""
-        arrays, config = read_state(path, self.model)
-        if "trainer" not in config:
-            raise ValueError(f"{path} is a weights file (no optimizer state, no step), not a "
-                             "checkpoint.npz; it cannot be resumed exactly")
-        if "step" not in arrays or int(arrays["step"]) < 0 or "history" not in config:
-            raise ValueError(f"{path} is a checkpoint without a step number or loss history; "
-                             "it cannot be resumed exactly")
-        if config["trainer"]["seed"] != self.seed or config["trainer"]["batch_size"] != self.batch_size:
-            raise ValueError(f"checkpoint {path} was trained with {config['trainer']}; this trainer "
-                             f"has {self.config}: the batches would differ")
-        old, new = config.get("data"), data_identity(self.train_set)
-        if old and new and old["hash"] != new["hash"]:
-            warnings.warn(f"checkpoint {path} was trained on other data ({old['kind']}, "
-                          f"{old['images']} training images) than this run's ({new['kind']}, "
-                          f"{new['images']}); training goes on with this run's data", stacklevel=2)
-        load_state(path, self.model, section(arrays, "model/"))
-        try:
-            self.optimizer.load_state_dict(section(arrays, "optim/"))
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"{path} holds no state for this trainer's {self.config['optimizer']} "
-                             f"optimizer ({type(exc).__name__}: {exc})") from exc
-        self._graph = None  # capture again: the graph recorded the addresses of the state before
-        self.step = int(arrays["step"])
-        self.history = {k: [tuple(p) for p in config["history"].get(k, [])] for k in ("train", "val")}
+        """Restore a checkpoint written by save_checkpoint; training then goes on from its step
+        (see checkpoint.load_checkpoint for what is refused and what only warned about)."""
+        self.step, self.history = checkpoint.load_checkpoint(
+            path, self.model, self.optimizer, self.config, data_identity(self.train_set))
+        self.graph.reset()  # capture again: the graph recorded the addresses of the state before
         return self
 
     def load_weights(self, path):
         """Start from the weights of a weights or checkpoint file, at step 0, with the optimizer
         as it is (fresh, before training)."""
-        arrays, _ = read_state(path, self.model, optimizer_state=False)
-        load_state(path, self.model, section(arrays, "model/"))
+        checkpoint.load_weights(path, self.model)
         return self
+
+
+def network_inputs(l, ab, device=None):
+    """The network's input and target for a batch of L and ab: float32 host arrays, or tensors
+    on ``device`` when one is given."""
+    x = np.ascontiguousarray(color.normalize_l(l)[:, None], np.float32)
+    y = np.ascontiguousarray(color.normalize_ab(ab), np.float32)
+    if device is None:
+        return x, y
+    return tuple(Tensor(backend.as_array(a, device), device=device) for a in (x, y))
+
+
+def mean_loss(model, dataset, batch_size):
+    """Mean MSE (Lab units) of ``model`` over ``dataset``, in eval mode, without augmentation."""
+    model.eval()
+    total, count = 0.0, 0
+    with no_grad():
+        for start in range(0, len(dataset), batch_size):
+            indices = np.arange(start, min(start + batch_size, len(dataset)))
+            x, y = network_inputs(*dataset.batch(indices), model.device)
+            total += float(mse_loss(model(x), y).item()) * len(indices)
+            count += len(indices)
+    model.train()
+    return total / count * LOSS_UNIT
 
 
 def busy_cpu_note(device):

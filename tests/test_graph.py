@@ -240,7 +240,7 @@ def test_trainer_graph_equals_eager(photos, tmp_path):
     eager.fit(5)
     captured = trainer(photos, tmp_path, "graph", graph=True, log_every=2)
     captured.fit(5)
-    assert captured.graph_captured and captured.graph_off is None
+    assert captured.graph.captured and captured.graph.off is None
     assert captured.optimizer.t == 5
     assert captured.history["train"] == eager.history["train"]  # every step's loss, read in batches
     for (name, a), b in zip(eager.model.state_dict().items(), captured.model.state_dict().values()):
@@ -252,7 +252,7 @@ def test_trainer_graph_equals_eager(photos, tmp_path):
 def test_trainer_uses_the_graph_on_cuda_only_by_default(photos, tmp_path):
     t = trainer(photos, tmp_path, "auto")
     t.fit(1)
-    assert t._graph is None and "need device 'cuda'" in t.graph_off
+    assert t.graph.graph is None and "need device 'cuda'" in t.graph.off
     assert isinstance(t.history["train"][0][1], float)
     with pytest.raises(ValueError, match="graph must be"):
         trainer(photos, tmp_path, "bad", graph="yes")
@@ -264,7 +264,7 @@ def test_failed_capture_falls_back_to_eager_with_a_message(photos, tmp_path, mon
     with pytest.warns(RuntimeWarning, match="training eagerly: capturing the training step failed "
                                             r"\(RuntimeError: the current stream is capturing"):
         t.fit(4)
-    assert t.step == 4 and "capturing the training step failed" in t.graph_off
+    assert t.step == 4 and "capturing the training step failed" in t.graph.off
     eager = trainer(photos, tmp_path, "eager", graph=False)
     eager.fit(4)
     # two warm-up steps through the graph object, then eager; the same training either way
@@ -286,7 +286,7 @@ def test_train_step_on_its_own_reads_its_loss(photos, tmp_path):
     t = trainer(photos, tmp_path, "raw", graph=True)
     for _ in range(4):
         loss = t.train_step()
-    assert t.graph_captured and loss > 0 and len(t.history["train"]) == 4 and not t.unread
+    assert t.graph.captured and loss > 0 and len(t.history["train"]) == 4 and not t.losses.unread
 
 
 def test_overfit_and_train_take_no_graph(tmp_path):

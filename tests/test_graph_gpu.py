@@ -53,8 +53,8 @@ def test_graph_steps_equal_eager_steps(tmp_path, width, size, batch):
     steps = 8  # 2 eager warm-up steps inside the graph run, the capture, 6 replays
     eager = run(tmp_path, False, steps, width, size, batch)
     captured = run(tmp_path, None, steps, width, size, batch)  # the default on cuda: the graph
-    assert captured.graph_captured, f"the step was not captured: {captured.graph_off}"
-    assert not eager.graph_captured
+    assert captured.graph.captured, f"the step was not captured: {captured.graph.off}"
+    assert not eager.graph.captured
     assert int(backend.to_numpy(captured.optimizer.t)) == steps
     eager_losses = [loss for _, loss in eager.history["train"]]
     graph_losses = [loss for _, loss in captured.history["train"]]
@@ -79,7 +79,7 @@ def test_an_lr_change_after_the_capture_reaches_the_replays(tmp_path, optimizer)
         trainer.fit(8)
         trainers.append(trainer)
     eager, captured = trainers
-    assert captured.graph_captured, captured.graph_off
+    assert captured.graph.captured, captured.graph.off
     np.testing.assert_allclose([v for _, v in captured.history["train"]],
                                [v for _, v in eager.history["train"]], rtol=1e-5)
     assert max_difference(eager.model.state_dict(), captured.model.state_dict()) < 1e-5
@@ -87,7 +87,7 @@ def test_an_lr_change_after_the_capture_reaches_the_replays(tmp_path, optimizer)
 
 def test_a_replay_launches_nothing_from_python(tmp_path):
     trainer = run(tmp_path, None, 3, 4, 32, 2)
-    assert trainer.graph_captured, trainer.graph_off
+    assert trainer.graph.captured, trainer.graph.off
     count = getattr(kernels, "launch_count", None)
     if count is None:
         pytest.skip("minicolor.kernels has no launch counter")
