@@ -118,7 +118,7 @@ def quick_case(module, label):
 
 
 def kernel_cases(args):
-    """Run every call of minicolor/kernel_report.py's LAUNCHER_CALLS (they reach every kernel of
+    """Run every call of minicolor/tools/kernel_report.py's LAUNCHER_CALLS (they reach every kernel of
     kernels/, every conv tile shape included) on device arrays of random numbers.
 
     On a GPU, CuPy's memory pool is turned off: each array is then its own cudaMalloc, so
@@ -126,7 +126,7 @@ def kernel_cases(args):
     overrun would land on valid memory and go unseen)."""
     import numpy as np
 
-    from minicolor import kernel_report
+    from minicolor.tools import kernel_report
 
     xp = array_module()
     if xp is not np:
@@ -135,7 +135,7 @@ def kernel_cases(args):
 
     rng = np.random.default_rng(0)
     if not hasattr(kernel_report, "_zeros"):
-        raise SystemExit("minicolor/kernel_report.py no longer makes its arrays with _zeros(shape, "
+        raise SystemExit("minicolor/tools/kernel_report.py no longer makes its arrays with _zeros(shape, "
                          "dtype): update kernel_cases in examples/gpu_check_cases.py")
     # kernel_report's calls make their arrays with _zeros (NumPy zeros, for the compile check);
     # here they get random numbers on the device instead (positive: Adam's second moment and
@@ -313,7 +313,7 @@ def ncu_layer(args):
     import numpy as np
 
     import minicolor.kernels as kernels
-    from minicolor import bench
+    from minicolor.tools import bench
     from minicolor.models import ColorizationNet
 
     device = "sim" if simulator() else "cuda"

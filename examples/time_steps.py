@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from minicolor.bench import _OneImage
+from minicolor.tools.bench import _OneImage
 from minicolor.models import ColorizationNet
 from minicolor.train import Trainer
 

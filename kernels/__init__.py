@@ -135,7 +135,7 @@ class recording:
     """``with recording() as launches:`` collects the launches made inside, as (kernel, grid,
     block, args) tuples.
 
-    ``run=False`` (the compile check, minicolor/kernel_report.py): they are recorded instead of
+    ``run=False`` (the compile check, minicolor/tools/kernel_report.py): they are recorded instead of
     run, so their signatures can be compiled without a GPU. ``run=True`` (a CUDA graph capture,
     minicolor/graph.py): they run as usual, and the list holds on to every argument of every
     kernel, for as long as the caller keeps it: a graph replays the recorded addresses, so none

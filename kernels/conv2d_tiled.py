@@ -321,7 +321,7 @@ def _gather_gemm(dtype, tile):
         write_tile(out, bias, acc, row0, col0, ty, tx, ncols, u_count, v_count, ou, ov, m_count,
                    out_height, out_width, out_row_step, out_col_step, has_bias)
 
-    gather_gemm.tiles = tile  # for the kernel report (minicolor/kernel_report.py): BK, TM, TN
+    gather_gemm.tiles = tile  # for the kernel report (minicolor/tools/kernel_report.py): BK, TM, TN
     return gather_gemm
 
 

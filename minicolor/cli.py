@@ -179,7 +179,7 @@ def colorize_all(model, photos, targets, size):
 
 
 def cmd_bench(args):
-    from . import bench
+    from .tools import bench
 
     device = resolve_device(args.device)
     runs = args.warmup + args.repeat  # of each timed step and layer; the overfit once
@@ -253,13 +253,13 @@ def cmd_activations(args):
 
 def cmd_summary(args):
     from .models import ColorizationNet
-    from .summary import summary
+    from .tools.summary import summary
 
     print(summary(ColorizationNet(args.width, head=args.head), size=args.size, batch=args.batch))
 
 
 def cmd_kernels(args):
-    from .kernel_report import run_subprocess
+    from .tools.kernel_report import run_subprocess
 
     argv = ["--dtype", *args.dtype] + (["--out", args.out] if args.out else [])
     returncode = run_subprocess(argv).returncode  # a fresh process: the simulator stays off there
@@ -268,7 +268,7 @@ def cmd_kernels(args):
 
 
 def cmd_profile(args):
-    from . import profile
+    from .tools import profile
 
     device = resolve_device(args.device)
     check_sim(device, args.width, args.size, sim.TRAINING_STEP * args.batch * (args.warmup + 6),

@@ -439,7 +439,7 @@ def test_docs_speak_to_readers_not_to_the_issue_tracker():
 
 
 def test_bench_without_torch_says_why(monkeypatch, capsys):
-    from minicolor import bench
+    from minicolor.tools import bench
 
     monkeypatch.setattr(bench, "torch_available", lambda: False)
     assert cli.main(["bench", "--size", "16", "--widths", "2", "--batches", "1", "--layer-batch", "1",

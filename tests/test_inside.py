@@ -3,7 +3,7 @@ import numpy as np
 
 from minicolor.activations import record_activations, save_activation_grid
 from minicolor.models import ColorizationNet
-from minicolor.summary import layer_table, summary
+from minicolor.tools.summary import layer_table, summary
 
 
 def test_record_activations_uses_hooks_and_leaves_none_behind():

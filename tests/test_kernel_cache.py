@@ -20,7 +20,7 @@ pytest.importorskip("numba_cuda")
 SCRIPT = """
 import hashlib
 from numba.cuda.serialize import dumps
-from minicolor import kernel_report as kr
+from minicolor.tools import kernel_report as kr
 
 items, errors = kr.record_launches(("float32", "float64"), {"conv2d": kr._conv2d_calls})
 assert not errors, errors

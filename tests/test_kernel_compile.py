@@ -1,4 +1,4 @@
-"""The kernel report (minicolor/kernel_report.py): every kernel compiles for an H100, none spills.
+"""The kernel report (minicolor/tools/kernel_report.py): every kernel compiles for an H100, none spills.
 
 The first tests check the report's own arithmetic on hand-written inputs (SASS text, ptxas
 output, occupancy), so they run everywhere. The last one compiles every kernel in kernels/ for
@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from minicolor import kernel_report as kr
+from minicolor.tools import kernel_report as kr
 
 
 def numbered(lines):

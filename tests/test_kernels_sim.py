@@ -106,7 +106,7 @@ def test_conv2d_version_switch(monkeypatch):
 def test_bench_times_both_conv_versions(monkeypatch):
     """``minicolor bench`` on sim times each conv pass in both versions; minicolor_s is the
     version a training step runs, and the printed row says what tiling buys."""
-    from minicolor import bench
+    from minicolor.tools import bench
     from minicolor.nn import Conv2d
 
     monkeypatch.setattr(k_conv2d, "VERSION", "naive")

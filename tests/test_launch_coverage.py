@@ -20,7 +20,7 @@ except backend.DeviceError as exc:  # numba.cuda already imported for a real GPU
     pytest.skip(str(exc), allow_module_level=True)
 
 import minicolor.kernels as kernels  # noqa: E402
-from minicolor import bench  # noqa: E402
+from minicolor.tools import bench  # noqa: E402
 from minicolor.kernels import conv2d  # noqa: E402
 from minicolor.kernels import _launch as L  # noqa: E402
 

@@ -82,5 +82,8 @@ def test_kernels_import_and_run_from_the_repository_root(install, tmp_path):
         assert str(repo) in where
         installed = _run([python, "-c", "import minicolor.kernels as k; print(k.__file__)"], tmp_path, env)
         assert "site-packages" in installed and (Path(installed.strip()).parent / "conv2d.py").is_file()
+        # the tools ship too: `minicolor kernels` runs this module in a process of its own
+        report = _run([python, "-m", "minicolor.tools.kernel_report", "--help"], tmp_path, env)
+        assert "usage:" in report and "--dtype" in report
     assert "usage: minicolor kernels" in _run([python, "-m", "minicolor.cli", "kernels", "--help"], repo, env)
     assert "sim ok" in _run([python, "-c", SIM_CHECK], repo, env)

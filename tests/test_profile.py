@@ -5,7 +5,8 @@ No timed assertions: only that every layer is there, measured, and adds up.
 import numpy as np
 from PIL import Image
 
-from minicolor import cli, profile
+from minicolor import cli
+from minicolor.tools import profile
 from minicolor.models import ColorizationNet
 from minicolor.nn import BatchNorm2d, Conv2d
 

@@ -1,6 +1,6 @@
 """What each CUDA kernel costs on an H100, worked out on a machine without a GPU.
 
-    python -m minicolor.kernel_report [--out DIR] [--dtype float32 float64]
+    python -m minicolor.tools.kernel_report [--out DIR] [--dtype float32 float64]
     minicolor kernels [--out DIR] [--dtype ...]          (the same, in a fresh process)
 
 Three steps, each done by a tool that ships as a pip wheel (the ``kernels`` extra):
@@ -816,7 +816,7 @@ def main(argv=None):
 def run_subprocess(argv, **kwargs):
     """Run the report in a fresh Python process with the simulator off; returns CompletedProcess."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    return subprocess.run([sys.executable, "-m", "minicolor.kernel_report", *argv], env=env, **kwargs)
+    return subprocess.run([sys.executable, "-m", "minicolor.tools.kernel_report", *argv], env=env, **kwargs)
 
 
 if __name__ == "__main__":

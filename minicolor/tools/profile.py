@@ -36,10 +36,10 @@ import time
 
 import numpy as np
 
-from . import backend, nn, optim
-from .models import ColorizationNet
-from .nn import BatchNorm2d, Conv2d, ReLU, Upsample
-from .tensor import Tensor
+from .. import backend, nn, optim
+from ..models import ColorizationNet
+from ..nn import BatchNorm2d, Conv2d, ReLU, Upsample
+from ..tensor import Tensor
 
 
 # --- clocks ------------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def _launch_count():
 
 def _graph_figures(step, clock, repeat):
     """Capture the step once as a CUDA graph: count its kernels, time its replay."""
-    from . import graph
+    from .. import graph
 
     capture = graph.CudaCapture()
     try:

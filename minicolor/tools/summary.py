@@ -5,8 +5,8 @@ batchnorm: 2 per value (scale and shift, in eval mode); ReLU: 1 per value; upsam
 nearest (a copy) and 7 per output value for bilinear (4 multiplications, 3 additions).
 Only the convolutions matter: over 99% of the total.
 """
-from .nn import BatchNorm2d, Conv2d, ReLU, Upsample
-from .tensor import Tensor, no_grad
+from ..nn import BatchNorm2d, Conv2d, ReLU, Upsample
+from ..tensor import Tensor, no_grad
 
 
 def layer_table(model, size=224, batch=1):

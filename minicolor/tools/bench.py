@@ -28,12 +28,12 @@ import time
 
 import numpy as np
 
-from . import backend, functional as F, optim
-from .data import rgb_to_l_ab
-from .models import ColorizationNet
-from .nn import BatchNorm2d, Conv2d, ReLU, Upsample
-from .reference import conv2d as ref_conv2d
-from .tensor import Tensor
+from .. import backend, functional as F, optim
+from ..data import rgb_to_l_ab
+from ..models import ColorizationNet
+from ..nn import BatchNorm2d, Conv2d, ReLU, Upsample
+from ..reference import conv2d as ref_conv2d
+from ..tensor import Tensor
 
 
 def _synchronize(device):
@@ -98,7 +98,7 @@ def conv_versions(device):
     the reference on the CPU, both kernel versions on cuda and sim."""
     if device == "cpu":
         return {"minicolor": F.implementation("conv2d", device)}
-    from .kernels import conv2d
+    from ..kernels import conv2d
 
     return {name: conv2d.version(name) for name in conv2d.VERSIONS}
 
@@ -107,7 +107,7 @@ def default_conv_version(device):
     """The key of conv_versions(device) that a training step runs."""
     if device == "cpu":
         return "minicolor"
-    from .kernels import conv2d
+    from ..kernels import conv2d
 
     return conv2d.VERSION
 
@@ -278,7 +278,7 @@ def overfit_timing(device, steps, size, torch):
     """Seconds for ``steps`` training steps on one image through the Trainer (width 16, batch 1)."""
     import tempfile
 
-    from .train import Trainer
+    from ..train import Trainer
 
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer's logs and loss curve
         trainer = Trainer(ColorizationNet(16), _OneImage(size), device=device, progress=False,
