@@ -322,9 +322,9 @@ def ncu_layer(args):
               and layer[1].stride in (1, (1, 1))]
     if not wanted:  # the largest 3x3 stride-1 layer instead
         wanted = sorted((layer for layer in layers if layer[1].kernel_size == (3, 3)),
-                        key=lambda layer: bench.conv_flops(layer[2], layer[1].weight.shape, layer[3]))[-1:]
-    name, conv, x_shape, y_shape = wanted[0]
-    flops = bench.conv_flops(x_shape, conv.weight.shape, y_shape)
+                        key=lambda layer: layer[1].flops(layer[2]))[-1:]
+    name, conv, x_shape, _ = wanted[0]
+    flops = conv.flops(x_shape)  # each pass counted as the forward (nn.Conv2d.flops)
     print(f"layer {name}: x {x_shape}, w {tuple(conv.weight.shape)}, {flops / 1e9:.1f} GFLOP per pass")
     passes = bench.minicolor_conv(x_shape, conv, device)
     with np.errstate(all="ignore"):

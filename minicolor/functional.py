@@ -76,8 +76,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1):
         )
     for axis, name in ((2, "height"), (3, "width")):
         i = axis - 2
-        extent = dilation[i] * (w.shape[axis] - 1) + 1
-        if extent > x.shape[axis] + 2 * padding[i]:
+        if _ref_conv2d.output_size(x.shape[axis], w.shape[axis], stride[i], padding[i], dilation[i]) < 1:
+            extent = dilation[i] * (w.shape[axis] - 1) + 1
             raise ValueError(
                 f"conv2d: kernel {name} {w.shape[axis]} (dilation {dilation[i]}) spans {extent} "
                 f"pixels, more than the padded input {name} {x.shape[axis] + 2 * padding[i]}"

@@ -26,6 +26,8 @@ Two heads share groups 1-8 (see ``loss``):
                       against soft-encoded targets; decoded by the annealed mean, then
                       upsampled x4 like the regression output
 """
+from collections import OrderedDict
+
 import numpy as np
 
 from . import color, quantize
@@ -35,6 +37,7 @@ from .nn import BatchNorm2d, Conv2d, Module, ReLU, Sequential, Upsample
 from .tensor import Tensor, no_grad
 
 HEADS = ("regression", "classification")
+PARTS = tuple(f"group{i}" for i in range(1, 9)) + ("head", "upsample")  # in forward's order
 TEMPERATURE = 0.38  # the paper's annealed-mean temperature
 
 
@@ -83,13 +86,18 @@ class ColorizationNet(Module):
         return {"width": self.width, "seed": self.seed, "head": self.head_kind}
 
     def groups(self):
-        return [getattr(self, f"group{i}") for i in range(1, 9)]
+        return [getattr(self, name) for name in PARTS[:8]]
+
+    @staticmethod
+    def check_input(shape):
+        """A ValueError unless ``shape`` is L's: (N, 1, H, W) with H and W divisible by 8."""
+        if len(shape) != 4 or shape[1] != 1 or shape[2] % 8 or shape[3] % 8:
+            raise ValueError(f"ColorizationNet expects L of shape (N, 1, H, W) with H and W "
+                             f"divisible by 8, got {tuple(shape)}")
 
     def features(self, l):
         """The head's output at H/4: ab (regression) or bin logits (classification)."""
-        if l.ndim != 4 or l.shape[1] != 1 or l.shape[2] % 8 or l.shape[3] % 8:
-            raise ValueError(f"ColorizationNet expects L of shape (N, 1, H, W) with H and W "
-                             f"divisible by 8, got {tuple(l.shape)}")
+        self.check_input(l.shape)
         x = l
         for group in self.groups():
             x = group(x)
@@ -138,19 +146,37 @@ class ColorizationNet(Module):
     def extra_repr(self):
         return f"width={self.width}, head={self.head_kind!r}, parameters={self.num_parameters():,}"
 
+    # --- describing itself (nn.Module): what summary, profile and bench ask -----------------------
+    def layers(self, shape, prefix=""):
+        """The layers of forward, in order: the groups, the head, the final upsampling. The
+        classification head's annealed mean is a function, not a layer: it turns Q bin logits
+        into 2 ab channels here, and its FLOPs are not counted."""
+        self.check_input(shape)
+        for name in PARTS:
+            if name == "upsample" and self.head_kind == "classification":
+                shape = (shape[0], 2) + tuple(shape[2:])  # decode: the annealed mean of the bins
+            for row in getattr(self, name).layers(shape, f"{prefix}.{name}" if prefix else name):
+                yield row
+                shape = row[3]
+
+    def describe(self):
+        return f"ColorizationNet width {self.width}, {self.head_kind} head"
+
+    def to_torch(self):
+        """The regression network in PyTorch, as a Sequential of the groups, the head and the
+        upsampling under the same names, with the same weights and buffers (nn.Module.to_torch)."""
+        if self.head_kind != "regression":
+            raise NotImplementedError("ColorizationNet's classification head has no PyTorch twin: "
+                                      "its annealed mean is a function, not a layer")
+        import torch
+
+        twin = torch.nn.Sequential(OrderedDict((name, getattr(self, name).to_torch()) for name in PARTS))
+        twin.training = self.training
+        return twin
+
     def conv_layers(self, batch=1, size=224):
         """(name, conv, x_shape, y_shape) for every conv in forward order, at this input size."""
-        layers, shape = [], (batch, 1, size, size)
-        for name, module in self.named_modules():
-            if isinstance(module, Upsample):
-                shape = shape[:2] + (shape[2] * module.scale_factor, shape[3] * module.scale_factor)
-            elif isinstance(module, Conv2d):
-                (kh, kw), s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
-                out = (batch, module.out_channels, (shape[2] + 2 * p - d * (kh - 1) - 1) // s + 1,
-                       (shape[3] + 2 * p - d * (kw - 1) - 1) // s + 1)
-                layers.append((name, module, shape, out))
-                shape = out
-        return layers
+        return [row for row in self.layers((batch, 1, size, size)) if isinstance(row[1], Conv2d)]
 
     def predict_ab(self, l, batch_statistics=False):
         """L in 0..100, (N, H, W) array -> predicted ab in Lab units, (N, 2, H, W) host array.

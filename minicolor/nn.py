@@ -5,6 +5,13 @@ trains), another ``Module`` (a child), or a buffer (a plain array that is state 
 trained, like batchnorm's running statistics). From that it can list its parameters,
 switch train/eval mode, move to a device, and save or load a ``state_dict``: a flat dict
 from dotted names ("groups.0.conv.weight") to NumPy arrays.
+
+Every module also describes itself, for the tools that measure the library (minicolor/tools/):
+for an input shape, which layers its forward runs (``layers``), its output shape and its FLOPs;
+a one-line ``describe``; and its PyTorch twin (``to_torch``, with the same weights and buffers:
+the oracle of the tests and the yardstick of the benchmark). A layer answers for itself; a
+container (Sequential, ColorizationNet) composes its children's answers. A module that cannot
+answer raises NotImplementedError, never a guess.
 """
 from collections import OrderedDict
 
@@ -12,12 +19,47 @@ import numpy as np
 
 from . import backend
 from . import functional as F
+from .reference.conv2d import output_size
 from .tensor import Tensor
 
 # nn.Sequential runs a ReLU followed by a BatchNorm2d as one fused op (F.relu_batch_norm), unless
 # the ReLU has forward hooks (they need its output, which the fused op never makes). Set False
 # to run every layer on its own (the same numbers, to rounding; more launches on a GPU).
 FUSE = True
+
+
+def fuses(module, after):
+    """The fusion rule, in one place: whether nn.Sequential runs ``module`` and the module
+    ``after`` it as one op. (Sequential.forward also runs a ReLU with forward hooks on its own.)"""
+    return FUSE and type(module) is ReLU and isinstance(after, BatchNorm2d)
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _size(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _check_nchw(module, shape, channels):
+    """``shape`` as a tuple, if it is (N, ``channels``, H, W); else a ValueError."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 4 or shape[1] != channels:
+        raise ValueError(f"{type(module).__name__}: expected an input of shape (N, {channels}, H, W), "
+                         f"got {shape}")
+    return shape
+
+
+def _torch_copy(array):
+    """A PyTorch tensor holding a host copy of ``array`` (NumPy or CuPy), of the same dtype."""
+    import torch
+
+    return torch.from_numpy(np.array(backend.to_numpy(array)))
 
 
 class Parameter(Tensor):
@@ -78,7 +120,7 @@ class Module:
     def named_modules(self, prefix=""):
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(_join(prefix, name))
 
     def children(self):
         return iter(self._modules.values())
@@ -86,7 +128,7 @@ class Module:
     def named_parameters(self):
         for prefix, module in self.named_modules():
             for name, p in module._parameters.items():
-                yield (f"{prefix}.{name}" if prefix else name), p
+                yield _join(prefix, name), p
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -94,7 +136,7 @@ class Module:
     def named_buffers(self):
         for prefix, module in self.named_modules():
             for name, b in module._buffers.items():
-                yield (f"{prefix}.{name}" if prefix else name), b
+                yield _join(prefix, name), b
 
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
@@ -154,6 +196,47 @@ class Module:
             target[...] = backend.as_array(value, self.device, target.dtype)
         return self
 
+    # --- describing itself: what the tools ask (see the module docstring) ----------------------
+    def layers(self, shape, prefix=""):
+        """(name, layer, input shape, output shape) for each layer that forward runs on an input
+        of ``shape``, in order. A layer yields itself; a container overrides this to yield its
+        children's layers in the order its forward runs them."""
+        if self._modules:
+            raise NotImplementedError(f"{type(self).__name__} ({prefix or 'the model'}) does not say "
+                                      f"in which order its forward runs its children: define layers")
+        yield prefix, self, tuple(shape), tuple(self.output_shape(shape))
+
+    def output_shape(self, shape):
+        """The shape that forward returns for an input of ``shape``."""
+        if not self._modules:
+            raise NotImplementedError(f"{type(self).__name__} does not say its output shape: "
+                                      f"define output_shape")
+        for *_, shape in self.layers(shape):
+            pass
+        return tuple(shape)
+
+    def flops(self, shape):
+        """Floating-point operations of forward on an input of ``shape``, in eval mode: 2 per
+        multiply-add. A container adds up its layers'."""
+        if not self._modules:
+            raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs: define flops")
+        return sum(layer.flops(x_shape) for _, layer, x_shape, _ in self.layers(shape))
+
+    def describe(self):
+        """A one-line description, such as 'conv 3x3 s2 d1' or 'batchnorm'."""
+        return type(self).__name__.lower()
+
+    def fused_children(self):
+        """Names of the children that forward runs fused into the child after them (Sequential)."""
+        return []
+
+    def to_torch(self):
+        """The same module in PyTorch, with the same weights, buffers and train/eval mode.
+
+        Imports torch only when called: PyTorch is a test oracle and a benchmark yardstick,
+        never something minicolor needs to run."""
+        raise NotImplementedError(f"{type(self).__name__} has no PyTorch twin: define to_torch")
+
     # --- printing -------------------------------------------------------------------------
     def extra_repr(self):
         return ""
@@ -197,6 +280,41 @@ class Conv2d(Module):
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
+    def geometry(self):
+        """(stride, padding, dilation), each a (rows, columns) pair."""
+        return _pair(self.stride), _pair(self.padding), _pair(self.dilation)
+
+    def output_shape(self, shape):
+        n, _, h, w = _check_nchw(self, shape, self.in_channels)
+        (kh, kw), ((sh, sw), (ph, pw), (dh, dw)) = self.kernel_size, self.geometry()
+        out_h, out_w = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"Conv2d: a {kh}x{kw} kernel with dilation {dh}x{dw} spans more than "
+                             f"the input {(h, w)} padded by {(ph, pw)}")
+        return n, self.out_channels, out_h, out_w
+
+    def flops(self, shape):
+        """C*kh*kw multiply-adds per output value, plus 1 for the bias."""
+        kh, kw = self.kernel_size
+        per_output = 2 * self.in_channels * kh * kw + (self.bias is not None)
+        return _size(self.output_shape(shape)) * per_output
+
+    def describe(self):
+        (kh, kw), (stride, _, dilation) = self.kernel_size, self.geometry()
+        text = lambda pair: str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"  # noqa: E731
+        return f"conv {kh}x{kw} s{text(stride)} d{text(dilation)}"
+
+    def to_torch(self):
+        import torch
+
+        stride, padding, dilation = self.geometry()
+        twin = torch.nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride, padding,
+                               dilation, bias=self.bias is not None)
+        twin.weight = torch.nn.Parameter(_torch_copy(self.weight.data))
+        if self.bias is not None:
+            twin.bias = torch.nn.Parameter(_torch_copy(self.bias.data))
+        return twin.train(self.training)
+
     def extra_repr(self):
         kh, kw = self.kernel_size
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={kh}x{kw}, "
@@ -227,6 +345,26 @@ class BatchNorm2d(Module):
             hook(self, (x,), out)
         return out
 
+    def output_shape(self, shape):
+        return _check_nchw(self, shape, self.num_features)
+
+    def flops(self, shape):
+        """2 per value: a scale and a shift (eval mode, the statistics folded in)."""
+        return 2 * _size(self.output_shape(shape))
+
+    def describe(self):
+        return "batchnorm"
+
+    def to_torch(self):
+        import torch
+
+        twin = torch.nn.BatchNorm2d(self.num_features, self.eps, self.momentum)
+        twin.weight = torch.nn.Parameter(_torch_copy(self.weight.data))
+        twin.bias = torch.nn.Parameter(_torch_copy(self.bias.data))
+        twin.running_mean = _torch_copy(self.running_mean)
+        twin.running_var = _torch_copy(self.running_var)
+        return twin.train(self.training)
+
     def extra_repr(self):
         return f"{self.num_features}, momentum={self.momentum}, eps={self.eps}"
 
@@ -234,6 +372,21 @@ class BatchNorm2d(Module):
 class ReLU(Module):
     def forward(self, x):
         return F.relu(x)
+
+    def output_shape(self, shape):
+        return tuple(shape)
+
+    def flops(self, shape):
+        """1 per value (a comparison)."""
+        return _size(shape)
+
+    def describe(self):
+        return "relu"
+
+    def to_torch(self):
+        import torch
+
+        return torch.nn.ReLU().train(self.training)
 
 
 class Upsample(Module):
@@ -244,6 +397,27 @@ class Upsample(Module):
     def forward(self, x):
         return F.upsample(x, self.scale_factor, self.mode)
 
+    def output_shape(self, shape):
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 4:
+            raise ValueError(f"Upsample: expected an input of shape (N, C, H, W), got {shape}")
+        n, c, h, w = shape
+        return n, c, h * self.scale_factor, w * self.scale_factor
+
+    def flops(self, shape):
+        """nearest: 0 (a copy); bilinear: 7 per output value (4 multiplications, 3 additions)."""
+        return 7 * _size(self.output_shape(shape)) if self.mode == "bilinear" else 0
+
+    def describe(self):
+        return f"upsample x{self.scale_factor} {self.mode}"
+
+    def to_torch(self):
+        import torch
+
+        corners = {"align_corners": False} if self.mode == "bilinear" else {}
+        twin = torch.nn.Upsample(scale_factor=self.scale_factor, mode=self.mode, **corners)
+        return twin.train(self.training)
+
     def extra_repr(self):
         return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
 
@@ -251,8 +425,8 @@ class Upsample(Module):
 class Sequential(Module):
     """Modules applied one after another; children are named "0", "1", ...
 
-    A ReLU followed by a BatchNorm2d runs as one fused op (see FUSE above); the modules, their
-    names and the state_dict stay those of the two layers.
+    A ReLU followed by a BatchNorm2d runs as one fused op (see FUSE and ``fuses`` above); the
+    modules, their names and the state_dict stay those of the two layers.
     """
 
     def __init__(self, *modules):
@@ -274,10 +448,29 @@ class Sequential(Module):
         i = 0
         while i < len(modules):
             m, after = modules[i], modules[i + 1] if i + 1 < len(modules) else None
-            if FUSE and type(m) is ReLU and isinstance(after, BatchNorm2d) and not m._forward_hooks:
+            if fuses(m, after) and not m._forward_hooks:
                 x = after.after_relu(x)
                 i += 2
             else:
                 x = m(x)
                 i += 1
         return x
+
+    def layers(self, shape, prefix=""):
+        for name, child in self._modules.items():
+            for row in child.layers(shape, _join(prefix, name)):
+                yield row
+                shape = row[3]  # the next child's input
+
+    def fused_children(self):
+        names = list(self._modules)
+        return [name for name, after in zip(names, names[1:])
+                if fuses(self._modules[name], self._modules[after])]
+
+    def to_torch(self):
+        import torch
+
+        twin = torch.nn.Sequential(OrderedDict((name, child.to_torch())
+                                               for name, child in self._modules.items()))
+        twin.training = self.training
+        return twin

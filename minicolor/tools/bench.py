@@ -8,11 +8,14 @@
     overfit   N training steps on one image, through the Trainer (data preparation included)
 
 Each figure is the median over ``repeat`` runs after ``warmup`` runs, with the device
-synchronised before every clock read. TFLOP/s counts 2 FLOPs per multiply-add of the conv
-layers only (they are >99% of the arithmetic). Where PyTorch is installed the same workloads
-run in PyTorch, in float32 with TF32 off, on the same device, and the table shows the
-ratio minicolor time / PyTorch time (below 1: minicolor is faster). On the GPU the conv
-layers are also timed through the NumPy reference on CuPy (im2col + cuBLAS).
+synchronised before every clock read. TFLOP/s counts the FLOPs of the conv layers only (they
+are >99% of the arithmetic), as each conv counts its own (nn.Conv2d.flops: 2 per multiply-add,
+1 per output for the bias). Where PyTorch is installed the same workloads run in PyTorch, in
+float32 with TF32 off, on the same device, and the table shows the ratio minicolor time /
+PyTorch time (below 1: minicolor is faster). The PyTorch network is built of the layers' own
+twins (nn.Module.to_torch): a module without a twin or a FLOP count is an error
+(``check_layers``), never left out. On the GPU the conv layers are also timed through the
+NumPy reference on CuPy (im2col + cuBLAS).
 
 On ``cuda`` and ``sim`` each conv pass is timed in both kernel versions of
 kernels/conv2d.py, "naive" (one thread per output) and "tiled" (implicit GEMM), with the
@@ -28,10 +31,9 @@ import time
 
 import numpy as np
 
-from .. import backend, functional as F, optim
+from .. import backend, functional as F, nn, optim
 from ..data import rgb_to_l_ab
 from ..models import ColorizationNet
-from ..nn import BatchNorm2d, Conv2d, ReLU, Upsample
 from ..reference import conv2d as ref_conv2d
 from ..tensor import Tensor
 
@@ -57,15 +59,36 @@ def median_time(fn, device, warmup=2, repeat=5):
     return statistics.median(times)
 
 
-def conv_flops(x_shape, w_shape, y_shape):
-    """FLOPs of one conv pass: 2 per multiply-add, N*F*Ho*Wo outputs of C*kh*kw each."""
-    return 2 * y_shape[0] * y_shape[1] * y_shape[2] * y_shape[3] * int(np.prod(w_shape[1:]))
+def check_layers(model, twin=False):
+    """A ValueError naming every module of ``model`` that cannot say its output shape and FLOPs
+    (and, with ``twin``, its PyTorch twin): the bench leaves no layer out, for then the FLOPs
+    would fall short and PyTorch would time another network."""
+    missing = [f"{name} ({kind}) lacks {', '.join(methods)}"
+               for name, kind, methods in _undescribed(model, twin)]
+    if missing:
+        raise ValueError(f"{type(model).__name__} has modules that do not describe themselves "
+                         f"(nn.Module), and the bench leaves none out: {'; '.join(missing)}")
+    return model
+
+
+def _undescribed(model, twin):
+    """[(name, type name, [methods])]: the modules that leave a question to nn.Module's
+    defaults, which raise. A layer answers output_shape and flops, a container layers; with
+    ``twin`` both answer to_torch."""
+    found = []
+    for name, module in model.named_modules():
+        asked = ["layers"] if list(module.children()) else ["output_shape", "flops"]
+        asked += ["to_torch"] if twin else []
+        missing = [m for m in asked if getattr(type(module), m) is getattr(nn.Module, m)]
+        if missing:
+            found.append((name or "the model", type(module).__name__, missing))
+    return found
 
 
 def step_flops(model, batch, size):
-    """Conv FLOPs of a training step: forward, grad-weight, and grad-input except the first layer."""
-    layers = model.conv_layers(batch, size)
-    per_pass = [conv_flops(x, m.weight.shape, y) for _, m, x, y in layers]
+    """Conv FLOPs of a training step, each pass counted as the conv's forward (nn.Conv2d.flops):
+    forward, grad-weight, and grad-input except the first layer's."""
+    per_pass = [conv.flops(x_shape) for _, conv, x_shape, _ in model.conv_layers(batch, size)]
     return 3 * sum(per_pass) - per_pass[0]
 
 
@@ -119,7 +142,7 @@ def minicolor_conv(x_shape, conv, device, impl=None):
     x = backend.as_array(rng.standard_normal(x_shape, dtype=np.float32), device)
     w = backend.as_array(conv.weight.numpy(), device)
     b = backend.as_array(conv.bias.numpy(), device)
-    geometry = tuple((v, v) if isinstance(v, int) else v for v in (conv.stride, conv.padding, conv.dilation))
+    geometry = conv.geometry()
     y, saved = impl.forward(x, w, b, *geometry)
     gy = backend.as_array(rng.standard_normal(y.shape, dtype=np.float32), device)
     return {
@@ -146,31 +169,9 @@ def _torch_setup(device):
     return torch, ("cuda" if device == "cuda" else "cpu")
 
 
-def to_torch(model):
-    """The same network in PyTorch, with the same weights (a benchmark and test oracle only)."""
-    import torch
-
-    layers = []
-    for _, module in model.named_modules():
-        if isinstance(module, Conv2d):
-            conv = torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
-                                   module.stride, module.padding, module.dilation)
-            conv.weight.data = torch.tensor(module.weight.numpy())
-            conv.bias.data = torch.tensor(module.bias.numpy())
-            layers.append(conv)
-        elif isinstance(module, ReLU):
-            layers.append(torch.nn.ReLU())
-        elif isinstance(module, BatchNorm2d):
-            layers.append(torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum))
-        elif isinstance(module, Upsample):
-            kwargs = {"align_corners": False} if module.mode == "bilinear" else {}
-            layers.append(torch.nn.Upsample(scale_factor=module.scale_factor, mode=module.mode, **kwargs))
-    return torch.nn.Sequential(*layers)
-
-
 def torch_step(width, batch, size, device):
     torch, dev = _torch_setup(device)
-    model = to_torch(ColorizationNet(width)).to(dev)
+    model = ColorizationNet(width).to_torch().to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x, y = (torch.tensor(t.numpy(), device=dev) for t in _batch(batch, size, "cpu"))
 
@@ -184,12 +185,13 @@ def torch_step(width, batch, size, device):
 
 
 def torch_conv(x_shape, conv, device):
+    """Closures for the three passes of the conv's PyTorch twin (nn.Conv2d.to_torch)."""
     torch, dev = _torch_setup(device)
+    twin = conv.to_torch().to(dev)
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.standard_normal(x_shape, dtype=np.float32), device=dev, requires_grad=True)
-    w = torch.tensor(conv.weight.numpy(), device=dev, requires_grad=True)
-    b = torch.tensor(conv.bias.numpy(), device=dev, requires_grad=True)
-    args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    w, b = twin.weight, twin.bias
+    args = dict(stride=twin.stride, padding=twin.padding, dilation=twin.dilation)
     y = torch.nn.functional.conv2d(x, w, b, **args)
     gy = torch.randn_like(y)
 
@@ -199,7 +201,7 @@ def torch_conv(x_shape, conv, device):
     return {
         "forward": lambda: torch.nn.functional.conv2d(x, w, b, **args),
         "grad-input": grad([x]),
-        "grad-weight": grad([w, b]),
+        "grad-weight": grad(list(twin.parameters())),
     }
 
 
@@ -216,8 +218,9 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
         if device == "cpu":
             torch_module.set_num_threads(max(1, backend.cpu_count()))
     for width in widths:
+        model = check_layers(ColorizationNet(width), twin=torch)  # before anything is timed
         for batch in batches:
-            flops = step_flops(ColorizationNet(width), batch, size)
+            flops = step_flops(model, batch, size)
             row = {"width": width, "batch": batch, "flops": flops}
             step = minicolor_step(width, batch, size, device)
             row["minicolor_s"] = median_time(step, device, warmup, repeat)
@@ -228,12 +231,12 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
     if layer_batch:
         model = ColorizationNet(layer_width or widths[-1])
         seen = set()
-        for name, conv, x_shape, y_shape in model.conv_layers(layer_batch, size):
+        for name, conv, x_shape, _ in model.conv_layers(layer_batch, size):
             key = (x_shape, conv.weight.shape, conv.stride, conv.dilation)
             if key in seen:
                 continue
             seen.add(key)
-            for row in conv_layer_rows(name, conv, x_shape, y_shape, device, torch, warmup, repeat):
+            for row in conv_layer_rows(name, conv, x_shape, device, torch, warmup, repeat):
                 results["layers"].append(row)
                 log(format_layer(row))
     if overfit_steps:
@@ -242,9 +245,9 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
     return results
 
 
-def conv_layer_rows(name, conv, x_shape, y_shape, device, torch=False, warmup=2, repeat=5):
+def conv_layer_rows(name, conv, x_shape, device, torch=False, warmup=2, repeat=5):
     """One row per pass of one conv layer: the median time of each implementation (``*_s``)."""
-    flops = conv_flops(x_shape, conv.weight.shape, y_shape)
+    flops = conv.flops(x_shape)  # the same count for each of the three passes
     impls = {version: minicolor_conv(x_shape, conv, device, impl)
              for version, impl in conv_versions(device).items()}
     if device == "cuda":

@@ -36,9 +36,8 @@ import time
 
 import numpy as np
 
-from .. import backend, nn, optim
+from .. import backend, optim
 from ..models import ColorizationNet
-from ..nn import BatchNorm2d, Conv2d, ReLU, Upsample
 from ..tensor import Tensor
 
 
@@ -106,37 +105,13 @@ def _spin_kernel(cupy):
     return _SPIN_KERNEL[0]
 
 
-# --- what a layer is -----------------------------------------------------------------------------
-def describe(module):
-    """A short name of a layer's kind: 'conv 3x3 s2 d1', 'batchnorm', 'relu', 'upsample x4 ...'."""
-    if isinstance(module, Conv2d):
-        kh, kw = module.kernel_size
-        s = module.stride if isinstance(module.stride, int) else module.stride[0]
-        d = module.dilation if isinstance(module.dilation, int) else module.dilation[0]
-        return f"conv {kh}x{kw} s{s} d{d}"
-    if isinstance(module, BatchNorm2d):
-        return "batchnorm"
-    if isinstance(module, ReLU):
-        return "relu"
-    if isinstance(module, Upsample):
-        return f"upsample x{module.scale_factor} {module.mode}"
-    return type(module).__name__.lower()
-
-
+# --- which layers get a row -------------------------------------------------------------------------
 def fused_relus(model):
-    """Names of the ReLUs that nn.Sequential runs fused into the batchnorm after them (where
-    nn.FUSE is on). They get no hook: a hook would turn the fusion off and the profile would
-    time another network; their time is in the batchnorm's row."""
-    if not getattr(nn, "FUSE", False):
-        return set()
-    names = set()
-    for prefix, module in model.named_modules():
-        if isinstance(module, nn.Sequential):
-            children = list(module._modules.items())
-            for (name, m), (_, after) in zip(children, children[1:]):
-                if type(m) is ReLU and isinstance(after, BatchNorm2d):
-                    names.add(f"{prefix}.{name}" if prefix else name)
-    return names
+    """Names of the layers (ReLUs) that their container runs fused into the layer after them
+    (nn.fuses says which). They get no hook: a hook would turn the fusion off and the profile
+    would time another network; their time is in the next layer's row."""
+    return {f"{prefix}.{name}" if prefix else name
+            for prefix, module in model.named_modules() for name in module.fused_children()}
 
 
 class _Row:
@@ -161,15 +136,16 @@ class _Instrumented:
     def __init__(self, model, clock):
         self.model, self.clock = model, clock
         self.rows, self.removers, self.pending, self.wrapped = {}, [], [], []
-        fused = fused_relus(model)
+        fused, before = fused_relus(model), ""
         for name, module in model.named_modules():
-            if module._modules or name in fused:  # the leaves run Functions; see fused_relus
+            if list(module.children()):  # the leaves run Functions
                 continue
-            kind = describe(module)
-            if fused and isinstance(module, BatchNorm2d):
-                kind = "relu + batchnorm"
-            self.rows[name] = _Row(name, kind)
+            if name in fused:  # no row of its own: see fused_relus
+                before = module.describe() + " + "
+                continue
+            self.rows[name] = _Row(name, before + module.describe())  # 'relu + batchnorm'
             self.removers.append(module.register_forward_hook(self._forward_hook(name)))
+            before = ""
         self.rows["loss"] = _Row("loss", "mse")
         self.last = None  # (mark, host time) of the previous forward mark
 
