@@ -34,6 +34,13 @@ def fuses(module, after):
     return FUSE and type(module) is ReLU and isinstance(after, BatchNorm2d)
 
 
+def fused_layers(model):
+    """Dotted names of the layers of ``model`` that run fused into the layer after them. They
+    make no output of their own, and a forward hook on one would turn its fusion off."""
+    return {_join(prefix, name) for prefix, module in model.named_modules()
+            for name in module.fused_children()}
+
+
 def _join(prefix, name):
     return f"{prefix}.{name}" if prefix else name
 

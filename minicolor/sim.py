@@ -85,12 +85,12 @@ def prepare():
 
 @contextlib.contextmanager
 def layer_progress(model, passes=1, desc="simulating"):
-    """A bar that moves as each conv, batchnorm and upsample layer of ``model`` finishes,
-    through ``passes`` forward passes. (ReLUs are left unhooked: a hook on a ReLU would keep
-    nn.Sequential from fusing it with the batchnorm after it.)"""
-    from .nn import BatchNorm2d, Conv2d, Upsample
+    """A bar that moves as each layer of ``model`` finishes, through ``passes`` forward passes.
+    (The layers that run fused into the next are left unhooked: a hook would turn the fusion off.)"""
+    from .nn import fused_layers
 
-    layers = [m for _, m in model.named_modules() if isinstance(m, (Conv2d, BatchNorm2d, Upsample))]
+    fused = fused_layers(model)
+    layers = [m for name, m in model.named_modules() if not list(m.children()) and name not in fused]
     bar = tqdm(total=len(layers) * passes, desc=desc, unit="layer")
     removers = [m.register_forward_hook(lambda *_: bar.update(1)) for m in layers]
     try:

@@ -14,7 +14,7 @@ import pytest
 from minicolor import cli, nn, tensor
 from minicolor.models import ColorizationNet
 from minicolor.tensor import no_grad
-from minicolor.tools import bench, profile
+from minicolor.tools import bench
 from minicolor.tools.summary import layer_table
 
 from conftest import torch_or_skip
@@ -166,9 +166,9 @@ def test_fused_children_are_what_forward_fuses(monkeypatch):
     monkeypatch.setattr(nn.BatchNorm2d, "after_relu", lambda self, x: fused.append(self) or x)
     seq(tensor(np.zeros((1, 1, 4, 4), np.float32)))
     assert fused == [seq[2], seq[6]]
-    assert profile.fused_relus(nn.Sequential(nn.ReLU(), seq)) == {"1.1", "1.5"}
+    assert nn.fused_layers(nn.Sequential(nn.ReLU(), seq)) == {"1.1", "1.5"}
     monkeypatch.setattr(nn, "FUSE", False)
-    assert seq.fused_children() == [] and profile.fused_relus(seq) == set()
+    assert seq.fused_children() == [] and nn.fused_layers(seq) == set()
 
 
 # --- the bench leaves no layer out --------------------------------------------------------------

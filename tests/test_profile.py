@@ -48,7 +48,7 @@ def test_relus_fused_into_batchnorm_get_no_row(monkeypatch):
     from minicolor import nn
 
     monkeypatch.setattr(nn, "FUSE", True, raising=False)  # as where nn.Sequential fuses them
-    fused = profile.fused_relus(ColorizationNet(2))
+    fused = nn.fused_layers(ColorizationNet(2))
     assert "group1.3" in fused and "group7.5" in fused and "group1.1" not in fused and len(fused) == 7
     result = profile.profile(width=2, batch=1, size=16, device="cpu", warmup=1, repeat=1)
     rows = {r["layer"]: r for r in result["rows"]}

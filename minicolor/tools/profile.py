@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from .. import backend, optim
+from .. import backend, nn, optim
 from ..models import ColorizationNet
 from ..tensor import Tensor
 
@@ -105,15 +105,6 @@ def _spin_kernel(cupy):
     return _SPIN_KERNEL[0]
 
 
-# --- which layers get a row -------------------------------------------------------------------------
-def fused_relus(model):
-    """Names of the layers (ReLUs) that their container runs fused into the layer after them
-    (nn.fuses says which). They get no hook: a hook would turn the fusion off and the profile
-    would time another network; their time is in the next layer's row."""
-    return {f"{prefix}.{name}" if prefix else name
-            for prefix, module in model.named_modules() for name in module.fused_children()}
-
-
 class _Row:
     def __init__(self, name, kind):
         self.name, self.kind, self.shape = name, kind, None
@@ -136,11 +127,11 @@ class _Instrumented:
     def __init__(self, model, clock):
         self.model, self.clock = model, clock
         self.rows, self.removers, self.pending, self.wrapped = {}, [], [], []
-        fused, before = fused_relus(model), ""
+        fused, before = nn.fused_layers(model), ""
         for name, module in model.named_modules():
             if list(module.children()):  # the leaves run Functions
                 continue
-            if name in fused:  # no row of its own: see fused_relus
+            if name in fused:  # no hook (it would turn the fusion off): its time is in the next row
                 before = module.describe() + " + "
                 continue
             self.rows[name] = _Row(name, before + module.describe())  # 'relu + batchnorm'
