@@ -15,6 +15,7 @@ expected and what was given.
 """
 from . import backend
 from .backend import implementation
+from .reference.conv2d import output_size
 from .tensor import Function, Tensor
 
 
@@ -76,7 +77,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1):
         )
     for axis, name in ((2, "height"), (3, "width")):
         i = axis - 2
-        if _ref_conv2d.output_size(x.shape[axis], w.shape[axis], stride[i], padding[i], dilation[i]) < 1:
+        if output_size(x.shape[axis], w.shape[axis], stride[i], padding[i], dilation[i]) < 1:
             extent = dilation[i] * (w.shape[axis] - 1) + 1
             raise ValueError(
                 f"conv2d: kernel {name} {w.shape[axis]} (dilation {dilation[i]}) spans {extent} "

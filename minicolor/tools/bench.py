@@ -120,7 +120,7 @@ def conv_versions(device):
     """{name: module with forward, backward_data, backward_weight} of minicolor's own conv:
     the reference on the CPU, both kernel versions on cuda and sim."""
     if device == "cpu":
-        return {"minicolor": F.implementation("conv2d", device)}
+        return {"minicolor": backend.implementation("conv2d", device)}
     from ..kernels import conv2d
 
     return {name: conv2d.version(name) for name in conv2d.VERSIONS}
@@ -137,7 +137,7 @@ def default_conv_version(device):
 
 def minicolor_conv(x_shape, conv, device, impl=None):
     """Closures for forward, grad-input and grad-weight of one conv layer shape."""
-    impl = impl or F.implementation("conv2d", device)
+    impl = impl or backend.implementation("conv2d", device)
     rng = np.random.default_rng(0)
     x = backend.as_array(rng.standard_normal(x_shape, dtype=np.float32), device)
     w = backend.as_array(conv.weight.numpy(), device)
