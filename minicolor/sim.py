@@ -2,8 +2,8 @@
 
 Numba's CUDA simulator runs every CUDA thread of a kernel as a Python thread (docs/kernels.md).
 That is what makes it a teaching tool: the kernels run, step by step, on any machine. It is
-also why it is slow: one forward pass of a width-16 network at 8 x 8 pixels, 2.7 million
-multiply-adds that NumPy does in a few milliseconds, took over four minutes. Its time follows
+also why it is slow: one forward pass of a width-16 network at 16 x 16 pixels, 11 million
+multiply-adds that NumPy does in a few milliseconds, takes a minute. Its time follows
 the multiply-adds of the convolutions, and those grow with (width x size)^2: twice the width or
 twice the size is four times the wait.
 
@@ -12,7 +12,7 @@ refuse more with a message that says why and what would fit (``check``):
 
     one forward pass (colorize, evaluate, activations: one per photo) of a network of width w
     at size s fits when  w x s  <=  16 x SIM_MAX_SIZE;
-    a training step costs 3 forward passes per image (forward, grad-input, grad-weight).
+    a training step costs TRAINING_STEP forward passes per image (measured: backward is slow).
 
 Below the limit, ``layer_progress`` shows a bar that moves layer by layer.
 """
@@ -24,15 +24,17 @@ from tqdm.auto import tqdm
 
 # The largest size (pixels, one side) at which one forward pass of a width-16 network (the
 # shipped weights) runs in the simulator in about a minute on a 2-core CPU: as a budget, width x
-# size <= 16 x SIM_MAX_SIZE. Measured with the tiled conv kernels on a busy 2-core machine (load
-# 2 to 11), one forward pass, width x size: 1 x 8 in 3.5 s, 2 x 8 in 7.9 s, 4 x 8 in 25 to 39 s,
-# 4 x 16 in 32 s, 8 x 8 in 114 s, 16 x 8 in 277 s. So about a minute is width x size = 48, below
-# the smallest size (8) at width 16. (These kernels' time grows more slowly with the size than
-# the rule above says, their tiles being padded at tiny sizes; kernels with one thread per
-# output follow it.) Re-measure it when the kernels the simulator runs change.
-SIM_MAX_SIZE = 3
+# size <= 16 x SIM_MAX_SIZE. Measured with the naive conv kernels (the simulator's default, see
+# kernels/conv2d.py) on the 2-core machine at load 3: one forward pass, width x size: 1 x 16 in
+# 3.8 s, 4 x 16 in 6.1 s, 8 x 8 in 6.0 s, 16 x 8 in 13 s, 16 x 16 in 61 s, 16 x 24 in 181 s.
+# (With the tiled kernels, 16 x 8 took 277 s.) Re-measure it when the kernels the simulator runs
+# change.
+SIM_MAX_SIZE = 16
 REFERENCE_WIDTH = 16
-TRAINING_STEP = 3  # forward passes' worth of work in one training step, per image
+# A training step (forward, backward, Adam) of width 4 at 16 px took 100 s at load 3: 27 times
+# what the budget's rule gives one forward pass there (grad-weight's naive kernel runs one
+# Python thread per weight, each looping over every pixel).
+TRAINING_STEP = 27  # forward passes' worth of work in one training step, per image
 
 
 def budget():
