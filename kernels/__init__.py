@@ -3,6 +3,13 @@
 Each file here has a twin of the same name in minicolor/reference/ computing the same thing
 in NumPy; the tests compare the two. Importing this package imports numba.cuda, after
 restoring ``np.row_stack`` for numba-cuda 0.30 on NumPy 2.5 (see backend.patch_numpy_for_numba).
+
+Every file that defines kernels ends with ``examples(dtype, array=np.zeros)``: (label, call)
+pairs, small calls of its launchers that between them launch each of its kernels, their
+arrays made by ``array(shape, dtype)``. That is all a new kernel file adds for the tools: the
+kernel report (minicolor/tools/kernel_report.py, ``minicolor kernels``) finds every such file
+by reading kernels/*.py, records the launches of its examples (nothing runs) and compiles each
+kernel for an H100; examples/gpu_check_cases.py runs them on a GPU, on random numbers.
 """
 import os
 

@@ -27,6 +27,7 @@ first (one copy per parameter).
 """
 import math
 
+import numpy as np
 from numba import cuda
 
 import minicolor.kernels as kernels
@@ -83,3 +84,12 @@ def update(param, grad, m, v, coef):
     """One Adam update of the flat (1-D, same length) buffers param, m and v with grad."""
     blocks = max(1, min(math.ceil(param.size / THREADS), 65535 if not SIMULATOR else 64))
     kernels.launch(_update, blocks, THREADS, param, grad, m, v, coef)
+
+
+def examples(dtype, array=np.zeros):
+    """Both steps on a few values, the buffers as optim.FlatBuffers allocates them: the kernel
+    report's calls (see kernels/__init__.py)."""
+    flat, count = array(10, dtype), array(1, np.float64)
+    hyper, coef = array(HYPER_SIZE, np.float64), array(COEF_SIZE, dtype)
+    return [("advance", lambda: advance(count, hyper, coef)),
+            ("update", lambda: update(flat, flat, flat.copy(), flat.copy(), coef))]

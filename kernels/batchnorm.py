@@ -64,6 +64,7 @@ a multiply and an add into one FMA (one rounding instead of two).
 import math
 
 import numba
+import numpy as np
 from numba import cuda
 
 from minicolor.backend import get_array_module
@@ -371,3 +372,18 @@ def backward(gy, xhat, inv_std, weight, training, relu_input=None):
         kernels.launch(_grad_input, _plane_grid(gy3.shape), THREADS, gy3, xhat3, inv_std, weight,
                        gweight, gbias, bool(training), relu, x3, gx)
     return gx.reshape(gy.shape), gweight, gbias
+
+
+def examples(dtype, array=np.zeros):
+    """Forward and backward, fused ReLU on, training and eval, on a small batch (one kernel a
+    pass) and a large one (statistics in chunks, then the elementwise kernels): every kernel
+    here, for the kernel report (see kernels/__init__.py)."""
+    c = array(3, dtype)
+    calls = []
+    for size, x in (("small", array((2, 3, 4, 5), dtype)), ("large", array((2, 3, 64, 64), dtype))):
+        for mode, training in (("train", True), ("eval", False)):
+            calls.append((f"{size} {mode} forward", lambda x=x, t=training: forward(
+                x, c, c, c.copy(), c.copy(), t, 0.1, 1e-5, relu=True)))
+            calls.append((f"{size} {mode} backward", lambda x=x, t=training: backward(
+                x, x, c, c, t, relu_input=x)))
+    return calls

@@ -97,6 +97,22 @@ def geometry(x_shape, w_shape, stride, padding, dilation):
     return Geometry(n, c, h, w, f, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw)
 
 
+def pass_examples(name, layer, x_shape, w_shape, stride, padding, dtype, array, splits=None):
+    """(label, call) for the three passes of one conv layer through version ``name``'s launchers:
+    what conv2d_naive.examples and conv2d_tiled.examples are made of. Each label starts with its
+    pass (forward, grad-input, grad-weight): the kernel report groups the conv kernels by it."""
+    module = version(name)
+    x, w, b = array(x_shape, dtype), array(w_shape, dtype), array(w_shape[0], dtype)
+    conv = ((stride, stride), (padding, padding), (1, 1))  # stride, padding, dilation
+    ho, wo = (output_size(size, k, stride, padding, 1) for size, k in zip(x_shape[2:], w_shape[2:]))
+    gy = array((x_shape[0], w_shape[0], ho, wo), dtype)
+    split = {"splits": splits} if splits else {}
+    return [(f"forward {layer}", lambda: module.forward(x, w, b, *conv)),
+            (f"grad-input {layer}", lambda: module.backward_data(gy, w, x.shape, *conv)),
+            (f"grad-weight {layer}" + (f" split-K {splits}" if splits else ""),
+             lambda: module.backward_weight(gy, x, w.shape, *conv, **split))]
+
+
 def check_32bit(*arrays):
     """The kernels index with 32-bit offsets: refuse arrays they cannot address."""
     for a in arrays:

@@ -22,12 +22,13 @@ as 4-D (or 1-D) arrays whose shapes the kernels read: ``x.shape[1]`` is C, and s
 """
 import math
 
+import numpy as np
 from numba import cuda
 
 import minicolor.kernels as kernels
 from minicolor.backend import get_array_module
 from minicolor.kernels import SIMULATOR
-from minicolor.kernels.conv2d import check_32bit, geometry
+from minicolor.kernels.conv2d import check_32bit, geometry, pass_examples
 
 # Threads per block: with no shared memory any size works. In the simulator every thread past
 # the last output is still a Python thread started and joined: small blocks waste fewer.
@@ -187,3 +188,9 @@ def backward_weight(gy, x, w_shape, stride, padding, dilation):
     kernels.launch(grad_weight_kernel, _blocks(gw.size + g.f), THREADS, xp.ascontiguousarray(gy),
                    xp.ascontiguousarray(x), gw, gb, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
     return gw, gb
+
+
+def examples(dtype, array=np.zeros):
+    """The three passes of one small layer (stride 2, padding 1): the kernel report's calls
+    (see kernels/__init__.py). The naive kernels have no tile shapes: one layer reaches them."""
+    return pass_examples("naive", "naive", (2, 3, 9, 8), (4, 3, 3, 3), 2, 1, dtype, array)

@@ -67,7 +67,7 @@ from numba import cuda
 import minicolor.kernels as kernels
 from minicolor.backend import get_array_module
 from minicolor.kernels import SIMULATOR
-from minicolor.kernels.conv2d import check_32bit, geometry
+from minicolor.kernels.conv2d import check_32bit, geometry, pass_examples
 
 u32 = numba.uint32  # array offsets: unsigned (no negative-index handling), 32-bit (cheap)
 if SIMULATOR:  # numba.uint32(-1) raises in Python; on a GPU it wraps to 2**32 - 1, as here
@@ -610,3 +610,29 @@ def backward_weight(gy, x, w_shape, stride, padding, dilation, splits=None):
                    g.n * g.ho * g.wo, per_split)
     total = partial[0] if grid[2] == 1 else partial.sum(axis=0)
     return xp.ascontiguousarray(total[:, :k]).reshape(w_shape), xp.ascontiguousarray(total[:, k])
+
+
+# Conv layers whose three passes reach every tile shape of ``choose_tile``, for ``examples``:
+# name: (x shape, w shape, stride, padding). The comments say which tile each pass gets
+# (float64: 64 x 64 where float32 gets 128 x 128). The kernel report only records their launches,
+# never runs them, so "big" may be big: it needs 132 blocks of 128 x 128 to get that tile.
+EXAMPLE_LAYERS = {
+    "big": ((2, 64, 192, 192), (64, 64, 3, 3), 2, 1),  # all three 128 x 128; grad-input in 4
+    # stride phases, grad-weight split in 3 along K (``splits=3``)
+    "late": ((1, 128, 14, 14), (128, 128, 3, 3), 1, 1),  # forward, grad-input 64 x 64 (2 blocks
+    # of 128 x 128 would leave 130 SMs idle); grad-weight 128 x 128 (split-K fills the GPU)
+    "first": ((2, 1, 9, 9), (16, 1, 3, 3), 1, 1),  # forward, grad-input 32 x 128; grad-weight
+    # (9 taps + bias = 10 columns) 32 x 32
+    "head": ((2, 64, 9, 9), (2, 64, 1, 1), 1, 0),  # forward, grad-weight 32 x 128 (2 filters)
+    "tiny": ((1, 8, 4, 4), (8, 8, 3, 3), 1, 1),  # forward, grad-input 32 x 32 (16 pixels)
+}
+
+
+def examples(dtype, array=np.zeros):
+    """The three passes of each layer of EXAMPLE_LAYERS: every tile shape of both kernels, the
+    kernel report's calls (see kernels/__init__.py)."""
+    calls = []
+    for layer, (x_shape, w_shape, stride, padding) in EXAMPLE_LAYERS.items():
+        calls += pass_examples("tiled", layer, x_shape, w_shape, stride, padding, dtype, array,
+                               splits=3 if layer == "big" else None)
+    return calls

@@ -14,6 +14,7 @@ so the GPU's caches already serve the reuse.
 """
 import math
 
+import numpy as np
 from numba import cuda
 
 from minicolor.backend import get_array_module
@@ -98,3 +99,11 @@ def backward(gy, x_shape, scale, mode):
     gx = kernels.empty(xp, x_shape, gy.dtype)
     kernels.launch(_backward, _grid(gx.size), THREADS, gy, gx, scale, mode == "bilinear")
     return gx
+
+
+def examples(dtype, array=np.zeros):
+    """Forward and backward in both modes: the kernel report's calls (see kernels/__init__.py)."""
+    x, gy = array((2, 3, 4, 5), dtype), array((2, 3, 8, 10), dtype)
+    return [(f"{mode} {step}", call) for mode in ("nearest", "bilinear")
+            for step, call in (("forward", lambda m=mode: forward(x, 2, m)),
+                               ("backward", lambda m=mode: backward(gy, x.shape, 2, m)))]

@@ -34,6 +34,9 @@ class Device(NamedTuple):
     arrays: str     # the array module of its tensors: "numpy" or "cupy"
     folders: tuple  # where its ops are looked for, in order (folders of the minicolor package)
     graphs: bool    # whether a training step can be captured as a CUDA graph (graph.py)
+    gpu: bool       # whether its work runs on a GPU, queued on a CUDA stream: a call returns
+    #                 before the work is done, so a clock is read only after ``synchronize``,
+    #                 and CUDA events time the work on the GPU's own timeline (tools/profile.py)
 
 
 # THE table. Each op is a file of the same name in one or more of these folders, holding the
@@ -44,9 +47,9 @@ class Device(NamedTuple):
 # A device runs the first file it finds for an op in its folders: an op with no file of its own
 # for a device (the classification ops have only a reference) runs its reference there.
 DEVICES = {
-    "cpu": Device("numpy", ("cpu", "reference"), graphs=False),
-    "sim": Device("numpy", ("kernels", "reference"), graphs=False),
-    "cuda": Device("cupy", ("kernels", "reference"), graphs=True),
+    "cpu": Device("numpy", ("cpu", "reference"), graphs=False, gpu=False),
+    "sim": Device("numpy", ("kernels", "reference"), graphs=False, gpu=False),
+    "cuda": Device("cupy", ("kernels", "reference"), graphs=True, gpu=True),
 }
 # The one switch back from the fast CPU path to the references: MINICOLOR_CPU=reference in the
 # environment, or ``use_references_on_cpu(True)``.
@@ -88,6 +91,29 @@ def use_references_on_cpu(on=True):
 def captures_graphs(device):
     """Whether a training step on ``device`` can be captured as a CUDA graph (graph.py)."""
     return DEVICES[device].graphs
+
+
+def on_gpu(device):
+    """Whether ``device`` runs its work on a GPU, queued on a CUDA stream (see Device.gpu): the
+    tools then time it with CUDA events and synchronize before reading a clock."""
+    return DEVICES[device].gpu
+
+
+def runs_kernels(device):
+    """Whether ``device`` runs minicolor's own CUDA kernels (kernels/: on a GPU or simulated)."""
+    return "kernels" in DEVICES[device].folders
+
+
+def synchronize(device):
+    """Wait until the work sent to ``device`` is done (nothing to wait for off the GPU: NumPy
+    has finished when its call returns)."""
+    if on_gpu(device):
+        array_module(device).cuda.Device().synchronize()
+
+
+def torch_device(device):
+    """The PyTorch device of ``device``'s twins (nn.Module.to_torch): "cuda" or "cpu"."""
+    return "cuda" if on_gpu(device) else "cpu"
 
 
 class DeviceError(RuntimeError):

@@ -179,6 +179,7 @@ def colorize_all(model, photos, targets, size):
 
 
 def cmd_bench(args):
+    from .backend import on_gpu
     from .tools import bench
 
     device = resolve_device(args.device)
@@ -189,7 +190,7 @@ def cmd_bench(args):
     if not args.no_torch and not bench.torch_available():
         print("PyTorch is not installed, so only minicolor is timed: no torch or ratio columns "
               "(pip install torch to compare)")
-    gpu = device == "cuda"
+    gpu = on_gpu(device)
     results = bench.run(
         device=device,
         widths=args.widths or ((16, 64) if gpu else (16,)),

@@ -1,5 +1,5 @@
-"""Differentiable layers as functions: conv2d, batch_norm, relu, upsample, mse_loss, and the
-fused relu_batch_norm (a ReLU feeding a batchnorm, as one op).
+"""Differentiable layers as functions: conv2d, batch_norm, relu, leaky_relu, upsample, mse_loss,
+and the fused relu_batch_norm (a ReLU feeding a batchnorm, as one op).
 
 Each layer is a ``Function`` whose forward and backward call an implementation of the same
 arithmetic, which ``backend.implementation(op, device)`` picks from the device of the input
@@ -13,6 +13,8 @@ All expose the same functions with the same arguments, so the Function reads the
 whichever runs. The public functions check their arguments first and say what was
 expected and what was given.
 """
+import numbers
+
 from . import backend
 from .backend import implementation
 from .reference.conv2d import output_size
@@ -158,6 +160,29 @@ class ReLU(Function):
 
 def relu(x):
     return ReLU()(x)
+
+
+# --- leaky_relu --------------------------------------------------------------------------
+class LeakyReLU(Function):
+    def __init__(self, negative_slope):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        self.impl = implementation("leaky_relu", self.device)
+        self.x = x  # backward needs to know which side of zero each element was on
+        return self.impl.forward(x, self.negative_slope)
+
+    def backward(self, gy):
+        return self.impl.backward(gy, self.x, self.negative_slope)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x (PyTorch's default slope, 0.01); see
+    reference/leaky_relu.py."""
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
+        raise TypeError(f"leaky_relu: negative_slope must be a number, got {negative_slope!r}")
+    _check_float(x, "leaky_relu", "x")
+    return LeakyReLU(float(negative_slope))(x)
 
 
 # --- upsample ----------------------------------------------------------------------------

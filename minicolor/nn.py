@@ -1,4 +1,4 @@
-"""Layers as objects that own their parameters: Module, Parameter and the five layers.
+"""Layers as objects that own their parameters: Module, Parameter and the layers.
 
 A ``Module`` keeps track of what is assigned to it: a ``Parameter`` (a tensor the optimizer
 trains), another ``Module`` (a child), or a buffer (a plain array that is state but not
@@ -394,6 +394,35 @@ class ReLU(Module):
         import torch
 
         return torch.nn.ReLU().train(self.training)
+
+
+class LeakyReLU(Module):
+    """x where x > 0, else negative_slope * x (F.leaky_relu), PyTorch's default slope 0.01."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def output_shape(self, shape):
+        return tuple(shape)
+
+    def flops(self, shape):
+        """2 per value (a comparison, and a multiplication where it is negative)."""
+        return 2 * _size(shape)
+
+    def describe(self):
+        return f"leaky_relu {self.negative_slope:g}"
+
+    def to_torch(self):
+        import torch
+
+        return torch.nn.LeakyReLU(self.negative_slope).train(self.training)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
 
 
 class Upsample(Module):

@@ -4,7 +4,7 @@ Without the cache every process compiles every kernel again at its first launch 
 for the conv kernels of both dtypes on the 2-core test machine). numba-cuda's cache can hold
 kernels made by a factory (closures): it keys each entry by the kernel's bytecode and by its
 closure's contents pickled with Numba's serializer, so a cached kernel is found again only if
-that pickle is the same in a new process. This runs the kernel report's launcher calls in two
+that pickle is the same in a new process. This runs the conv kernel files' examples in two
 fresh processes (no simulator: the simulator ignores ``cache``) and compares, for every conv
 kernel, that its dispatcher has a disk cache and that the closure hash is the same in both.
 The load itself needs a GPU context; docs/kernels.md gives the compile times with and without it.
@@ -22,7 +22,9 @@ import hashlib
 from numba.cuda.serialize import dumps
 from minicolor.tools import kernel_report as kr
 
-items, errors = kr.record_launches(("float32", "float64"), {"conv2d": kr._conv2d_calls})
+calls, problems = kr.launcher_calls(["conv2d_naive", "conv2d_tiled"])
+items, errors = kr.record_launches(("float32", "float64"), calls)
+assert not problems, problems
 assert not errors, errors
 for kernel in {id(i.kernel): i.kernel for i in items}.values():
     cells = tuple(c.cell_contents for c in kernel.py_func.__closure__ or ())

@@ -38,23 +38,16 @@ from ..reference import conv2d as ref_conv2d
 from ..tensor import Tensor
 
 
-def _synchronize(device):
-    if device == "cuda":
-        import cupy
-
-        cupy.cuda.Device().synchronize()
-
-
 def median_time(fn, device, warmup=2, repeat=5):
     """Median wall time of fn() in seconds, synchronising the device around each call."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
-        _synchronize(device)
+        backend.synchronize(device)
         start = time.perf_counter()
         fn()
-        _synchronize(device)
+        backend.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -117,22 +110,18 @@ def minicolor_step(width, batch, size, device):
 
 
 def conv_versions(device):
-    """{name: module with forward, backward_data, backward_weight} of minicolor's own conv:
-    the reference on the CPU, both kernel versions on cuda and sim."""
-    if device == "cpu":
-        return {"minicolor": backend.implementation("conv2d", device)}
-    from ..kernels import conv2d
-
-    return {name: conv2d.version(name) for name in conv2d.VERSIONS}
+    """{name: module with forward, backward_data, backward_weight} of minicolor's own conv on
+    ``device`` (backend.implementation): each version where it has several (the kernels'
+    VERSIONS, naive and tiled, on cuda and sim), else the one as "minicolor"."""
+    impl = backend.implementation("conv2d", device)
+    if not hasattr(impl, "VERSIONS"):
+        return {"minicolor": impl}
+    return {name: impl.version(name) for name in impl.VERSIONS}
 
 
 def default_conv_version(device):
     """The key of conv_versions(device) that a training step runs."""
-    if device == "cpu":
-        return "minicolor"
-    from ..kernels import conv2d
-
-    return conv2d.VERSION
+    return getattr(backend.implementation("conv2d", device), "VERSION", "minicolor")
 
 
 def minicolor_conv(x_shape, conv, device, impl=None):
@@ -166,7 +155,7 @@ def _torch_setup(device):
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    return torch, ("cuda" if device == "cuda" else "cpu")
+    return torch, backend.torch_device(device)
 
 
 def torch_step(width, batch, size, device):
@@ -215,7 +204,7 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
                "layers": [], "overfit": None}
     if torch:
         torch_module, _ = _torch_setup(device)
-        if device == "cpu":
+        if not backend.on_gpu(device):  # PyTorch on the CPU: every core, as NumPy has
             torch_module.set_num_threads(max(1, backend.cpu_count()))
     for width in widths:
         model = check_layers(ColorizationNet(width), twin=torch)  # before anything is timed
@@ -250,7 +239,7 @@ def conv_layer_rows(name, conv, x_shape, device, torch=False, warmup=2, repeat=5
     flops = conv.flops(x_shape)  # the same count for each of the three passes
     impls = {version: minicolor_conv(x_shape, conv, device, impl)
              for version, impl in conv_versions(device).items()}
-    if device == "cuda":
+    if backend.on_gpu(device):  # the reference on CuPy: im2col + cuBLAS
         impls["reference"] = minicolor_conv(x_shape, conv, device, ref_conv2d)
     if torch:
         impls["torch"] = torch_conv(x_shape, conv, device)
@@ -286,18 +275,18 @@ def overfit_timing(device, steps, size, torch):
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer's logs and loss curve
         trainer = Trainer(ColorizationNet(16), _OneImage(size), device=device, progress=False,
                           log_every=10**9, out_dir=scratch)
-        _synchronize(device)
+        backend.synchronize(device)
         start = time.perf_counter()
         trainer.fit(steps)
-        _synchronize(device)
+        backend.synchronize(device)
         out = {"steps": steps, "minicolor_s": time.perf_counter() - start}
     if torch:
         step = torch_step(16, 1, size, device)
-        _synchronize(device)
+        backend.synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             step()
-        _synchronize(device)
+        backend.synchronize(device)
         out["torch_s"] = time.perf_counter() - start
     return out
 
@@ -315,7 +304,7 @@ def machine(device):
         import torch
 
         info["torch"] = torch.__version__
-    if device == "cuda":
+    if backend.on_gpu(device):
         import cupy
 
         info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()

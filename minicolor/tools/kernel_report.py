@@ -9,11 +9,13 @@ Three steps, each done by a tool that ships as a pip wheel (the ``kernels`` extr
    ``cuda.compile_ptx`` (NVVM, from the ``nvidia-nvvm`` wheel). No GPU and no driver are needed,
    except that Numba asks the driver for the current device while typing a kernel that calls
    device functions; ``_h100_as_current_device`` answers (9, 0) instead.
-   The argument types are not written down here. Each launcher in kernels/ is called on small
-   NumPy arrays while ``kernels.recording()`` is active, so ``kernels.launch`` records the kernel
-   and its arguments instead of running it; the arguments are then typed as numba-cuda types the
-   CuPy arrays of a real run (see ``argument_type``). A kernel defined in kernels/*.py that no
-   launcher call reached is an error: add a call for it to ``LAUNCHER_CALLS``. Each kernel is
+   The argument types are not written down here. Every file of kernels/ that defines kernels
+   ends with ``examples(dtype, array)``: small calls of its launchers (kernels/__init__.py).
+   The report finds those files by reading kernels/*.py (``kernel_files``), and runs each
+   example on NumPy zeros while ``kernels.recording()`` is active, so ``kernels.launch`` records
+   the kernel and its arguments instead of running it; the arguments are then typed as
+   numba-cuda types the CuPy arrays of a real run (see ``argument_type``). A kernel file
+   without examples, and a kernel that no example launched, are errors. Each kernel is
    compiled with its own ``@cuda.jit`` options (``launch_bounds``, ``fastmath``): the launch
    bounds set the register cap ptxas works to.
 2. **Assemble** each PTX for sm_90 with ``ptxas -v`` (``nvidia-cuda-nvcc`` wheel): registers per
@@ -28,8 +30,9 @@ Three steps, each done by a tool that ships as a pip wheel (the ``kernels`` extr
    says per conv pass whether the main (128 x 128 float32) tiles meet the static targets: FMA
    share of the inner loop >= 60%, of one pass >= 50%.
 
-Exit status 1 if a kernel does not compile, a kernel was never launched by the calls here, a
-tool is missing, or any kernel spills registers to local memory. Simulator mode is decided when
+Exit status 1 if a kernel does not compile, a kernel file has no examples, a kernel was not
+launched by its file's examples in every dtype asked for, a tool is missing, or any kernel
+spills registers to local memory. Simulator mode is decided when
 numba.cuda is first imported, so this always runs in a process of its own (``run_subprocess``).
 """
 import argparse
@@ -280,7 +283,7 @@ def main_loop(sass, fma_per_pass=None, fma_per_step=None):
     return result
 
 
-# --- which kernels exist, and the launcher calls that reach them ---------------------------------------
+# --- which kernels exist, and the example calls that reach them ---------------------------------------
 def kernel_dir():
     """The folder of minicolor.kernels (found without importing it: that fixes simulator mode)."""
     return Path(importlib.util.find_spec("minicolor.kernels").submodule_search_locations[0])
@@ -316,102 +319,29 @@ def defined_kernels(folder=None):
     return found
 
 
-def _zeros(shape, dtype):
-    import numpy as np
-
-    return np.zeros(shape, dtype)
-
-
-# Conv layers whose three passes reach every tile shape of kernels/conv2d_tiled.py
-# (``choose_tile``): name: (x shape, w shape, stride, padding). The comments say which tile each
-# pass gets (float64: 64 x 64 where float32 gets 128 x 128). The arrays are only recorded, never
-# run, so "big" may be big: it needs 132 blocks of 128 x 128 to get that tile.
-CONV_LAYERS = {
-    "big": ((2, 64, 192, 192), (64, 64, 3, 3), 2, 1),  # all three 128 x 128; grad-input in 4
-    # stride phases, grad-weight split in 3 along K (``splits=3``)
-    "late": ((1, 128, 14, 14), (128, 128, 3, 3), 1, 1),  # forward, grad-input 64 x 64 (2 blocks
-    # of 128 x 128 would leave 130 SMs idle); grad-weight 128 x 128 (split-K fills the GPU)
-    "first": ((2, 1, 9, 9), (16, 1, 3, 3), 1, 1),  # forward, grad-input 32 x 128; grad-weight
-    # (9 taps + bias = 10 columns) 32 x 32
-    "head": ((2, 64, 9, 9), (2, 64, 1, 1), 1, 0),  # forward, grad-weight 32 x 128 (2 filters)
-    "tiny": ((1, 8, 4, 4), (8, 8, 3, 3), 1, 1),  # forward, grad-input 32 x 32 (16 pixels)
-}
-NAIVE_LAYER = ((2, 3, 9, 8), (4, 3, 3, 3), 2, 1)  # the naive kernels: one signature each
-CONV_PASSES = ("forward", "grad-input", "grad-weight")  # the first word of each conv call's label
+def kernel_files(folder=None):
+    """Names (file stems) of the files in kernels/ that define CUDA kernels, read from their
+    source: the files whose ``examples`` the report calls."""
+    return sorted({module for module, _ in defined_kernels(folder)})
 
 
-def _conv_pass_calls(module, layer, x_shape, w_shape, stride, padding, dtype, splits=None):
-    """(label, call) for the three passes of one conv layer through one version's launchers."""
-    from minicolor.reference.conv2d import output_size
+def launcher_calls(modules=None):
+    """({module: its ``examples`` function}, problems) for each file of kernels/ that defines
+    kernels (``kernel_files``), or for ``modules``.
 
-    x, w, b = _zeros(x_shape, dtype), _zeros(w_shape, dtype), _zeros(w_shape[0], dtype)
-    geometry = ((stride, stride), (padding, padding), (1, 1))
-    ho, wo = (output_size(size, k, stride, padding, 1) for size, k in zip(x_shape[2:], w_shape[2:]))
-    gy = _zeros((x_shape[0], w_shape[0], ho, wo), dtype)
-    split = {"splits": splits} if splits else {}
-    return [(f"forward {layer}", lambda: module.forward(x, w, b, *geometry)),
-            (f"grad-input {layer}", lambda: module.backward_data(gy, w, x.shape, *geometry)),
-            (f"grad-weight {layer}" + (f" split-K {splits}" if splits else ""),
-             lambda: module.backward_weight(gy, x, w.shape, *geometry, **split))]
-
-
-def _conv2d_calls(dtype):
-    """Both versions of kernels/conv2d.py: the tiled one on every layer of CONV_LAYERS, the
-    naive one on NAIVE_LAYER (its kernels have no tile shapes to reach)."""
-    from minicolor.kernels import conv2d_naive, conv2d_tiled
-
-    calls = []
-    for layer, (x_shape, w_shape, stride, padding) in CONV_LAYERS.items():
-        calls += _conv_pass_calls(conv2d_tiled, layer, x_shape, w_shape, stride, padding, dtype,
-                                  splits=3 if layer == "big" else None)
-    return calls + _conv_pass_calls(conv2d_naive, "naive", *NAIVE_LAYER, dtype)
-
-
-def _batchnorm_calls(dtype):
-    from minicolor.kernels import batchnorm
-
-    c = _zeros(3, dtype)
-    calls = []
-    # a small batch (one kernel per pass) and a large one (statistics, then elementwise kernels)
-    for size, x in (("small", _zeros((2, 3, 4, 5), dtype)), ("large", _zeros((2, 3, 64, 64), dtype))):
-        for mode, training in (("train", True), ("eval", False)):
-            calls.append((f"{size} {mode} forward", lambda x=x, t=training: batchnorm.forward(
-                x, c, c, c.copy(), c.copy(), t, 0.1, 1e-5, relu=True)))
-            calls.append((f"{size} {mode} backward", lambda x=x, t=training: batchnorm.backward(
-                x, x, c, c, t, relu_input=x)))
-    return calls
-
-
-def _adam_calls(dtype):
-    from minicolor.kernels import adam
-
-    flat, count = _zeros(10, dtype), _zeros(1, "float64")  # as optim.FlatAdam allocates them
-    hyper, coef = _zeros(adam.HYPER_SIZE, "float64"), _zeros(adam.COEF_SIZE, dtype)
-    return [("advance", lambda: adam.advance(count, hyper, coef)),
-            ("update", lambda: adam.update(flat, flat, flat.copy(), flat.copy(), coef))]
-
-
-def _upsample_calls(dtype):
-    from minicolor.kernels import upsample
-
-    x, gy = _zeros((2, 3, 4, 5), dtype), _zeros((2, 3, 8, 10), dtype)
-    return [(f"{mode} {step}", call) for mode in ("nearest", "bilinear")
-            for step, call in (("forward", lambda m=mode: upsample.forward(x, 2, m)),
-                               ("backward", lambda m=mode: upsample.backward(gy, x.shape, 2, m)))]
-
-
-def _mse_calls(dtype):
-    from minicolor.kernels import mse
-
-    pred = _zeros((2, 2, 4, 4), dtype)
-    return [("forward", lambda: mse.forward(pred, pred)), ("backward", lambda: mse.backward(1.0, pred))]
-
-
-# One entry per file of kernels/ that defines kernels: a function of the dtype that returns
-# (label, call) pairs, calling the file's launchers the way the layers do, on small arrays.
-# A new kernel needs a call here; the report fails while one is missing.
-LAUNCHER_CALLS = {"conv2d": _conv2d_calls, "batchnorm": _batchnorm_calls, "upsample": _upsample_calls,
-                  "mse": _mse_calls, "adam": _adam_calls}
+    The convention (kernels/__init__.py): such a file ends with ``examples(dtype, array)``,
+    small calls of its launchers that between them launch each of its kernels, the way the layers
+    call them. So a new kernel file is found and compiled without a word here; a file without
+    ``examples`` is a problem that names it."""
+    found, problems = {}, []
+    for module in kernel_files() if modules is None else modules:
+        examples = getattr(importlib.import_module(f"minicolor.kernels.{module}"), "examples", None)
+        if examples is None:
+            problems.append(f"kernels/{module}.py defines CUDA kernels but no examples(dtype, array): "
+                            f"the calls of its launchers that the report records (see kernels/__init__.py)")
+        else:
+            found[module] = examples
+    return found, problems
 
 
 class _DLPackOnly:
@@ -453,7 +383,7 @@ class Compiled:
     kernel: object = field(repr=False)
     argtypes: tuple = ()
     threads: int = 0
-    labels: list = field(default_factory=list)  # the launcher calls that launched it
+    labels: list = field(default_factory=list)  # the example calls that launched it
     error: str = None
     ptx: str = None
     ptxas: dict = None
@@ -465,39 +395,55 @@ def _threads(block):
     return math.prod(block) if isinstance(block, tuple) else int(block)
 
 
-def record_launches(dtypes=DTYPES, calls=None):
-    """Run every launcher call with recording on; returns (one Compiled per distinct
-    (kernel, argument types), the errors of calls that failed)."""
+def recorded_launches(dtypes=DTYPES, calls=None):
+    """Call every example with recording on, nothing run: yields (module, dtype, label, launches,
+    error) per call, ``launches`` a list of (kernel, grid, block, args), ``error`` None or what
+    went wrong (a launcher whose signature changed, a file without examples: said by name).
+    ``calls``: {module: examples function}; default every file of kernels/ (``launcher_calls``)."""
     import numpy as np
 
     import minicolor.kernels as kernels
 
-    found, order, errors = {}, [], []
-    for module, make_calls in (calls or LAUNCHER_CALLS).items():
+    if calls is None:
+        calls, problems = launcher_calls()
+        for problem in problems:
+            yield None, None, None, [], problem
+    for module, examples in calls.items():
         for dtype in dtypes:
-            for label, call in make_calls(np.dtype(dtype)):
+            for label, call in examples(np.dtype(dtype), np.zeros):
+                error = None
                 with kernels.recording() as launches, np.errstate(all="ignore"):
                     try:
                         call()
-                    except Exception as exc:  # a launcher whose signature changed: say which
-                        errors.append(f"the launcher call {module} {label} ({dtype}) failed: "
-                                      f"{type(exc).__name__}: {exc}")
-                for kernel, grid, block, args in launches:
-                    argtypes = tuple(argument_type(a) for a in args)
-                    key = (id(kernel), argtypes)
-                    if key not in found:
-                        found[key] = Compiled(_display_name(kernel, label), dtype, kernel, argtypes,
-                                              _threads(block))
-                        order.append(found[key])
-                    if label not in found[key].labels:
-                        found[key].labels.append(label)
+                    except Exception as exc:
+                        error = (f"the example call {module} {label} ({dtype}) failed: "
+                                 f"{type(exc).__name__}: {exc}")
+                yield module, dtype, label, launches, error
+
+
+def record_launches(dtypes=DTYPES, calls=None):
+    """Record every example's launches (``recorded_launches``); returns (one Compiled per
+    distinct (kernel, argument types), the errors)."""
+    found, order, errors = {}, [], []
+    for module, dtype, label, launches, error in recorded_launches(dtypes, calls):
+        if error:
+            errors.append(error)
+        for kernel, grid, block, args in launches:
+            argtypes = tuple(argument_type(a) for a in args)
+            key = (id(kernel), argtypes)
+            if key not in found:
+                found[key] = Compiled(_display_name(kernel, label), dtype, kernel, argtypes,
+                                      _threads(block))
+                order.append(found[key])
+            if label not in found[key].labels:
+                found[key].labels.append(label)
     return order, errors
 
 
 def _display_name(kernel, label):
     """module.kernel, and for a kernel made by a factory what tells its variants apart: the
     tile shape it was built for (``kernel.tiles``, set by conv2d_tiled's factories), else the
-    label of the launcher call that first launched it."""
+    label of the example call that first launched it."""
     module = kernel.py_func.__module__.rsplit(".", 1)[-1]
     qualname = kernel.py_func.__qualname__
     if ".<locals>." not in qualname:
@@ -509,7 +455,7 @@ def _display_name(kernel, label):
 
 
 def missing_kernels(defined, compiled):
-    """Kernels in kernels/*.py that no launcher call reached, as 'module.qualname' strings."""
+    """Kernels in kernels/*.py that no example call reached, as 'module.qualname' strings."""
     reached = {(c.kernel.py_func.__module__.rsplit(".", 1)[-1], c.kernel.py_func.__qualname__)
                for c in compiled}
     return sorted(f"{m}.{q}" for m, q in defined - reached)
@@ -685,6 +631,8 @@ def _mix_row(mix):
             mix.div]
 
 
+CONV_PASSES = ("forward", "grad-input", "grad-weight")  # the first word of each conv example's label
+
 # The static targets for the conv kernels' main tiles (float32, 128 x 128):
 # at least this share of FMA in the inner loop and in one pass of the reduction loop.
 TARGETS = {"inner": 60.0, "pass": 50.0}
@@ -756,8 +704,10 @@ def report(dtypes=DTYPES, out=None, calls=None):
     problems = []
     items, errors = record_launches(dtypes, calls)
     problems += errors
-    problems += [f"{name}: a kernel in kernels/ that no call in LAUNCHER_CALLS launches"
-                 for name in missing_kernels(defined_kernels(), items)] if calls is None else []
+    if calls is None:  # every kernel, in every dtype
+        problems += [f"{name} ({dtype}): a kernel in kernels/ that no call of its file's examples() "
+                     f"launches" for dtype in dtypes
+                     for name in missing_kernels(defined_kernels(), [i for i in items if i.dtype == dtype])]
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         build(items, out, ptxas, nvdisasm)

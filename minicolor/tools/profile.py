@@ -201,7 +201,7 @@ the step's total is the sum of its parts' medians.
                device=device)
     y = Tensor(backend.as_array(rng.uniform(-0.5, 0.5, (batch, 2, size, size)), device, np.float32),
                device=device)
-    clock = CudaClock() if device == "cuda" else WallClock()
+    clock = CudaClock() if backend.on_gpu(device) else WallClock()
 
     def step():
         model.train()
@@ -223,7 +223,7 @@ the step's total is the sum of its parts' medians.
     for key in runs[0]:
         if key not in ("rows", "gpu_waited_for_host", "launches"):
             result[key] = statistics.median(r[key] for r in runs)
-    result["launches"] = None if device == "cpu" else runs[-1]["launches"]  # cpu: NumPy, no kernels
+    result["launches"] = runs[-1]["launches"] if backend.runs_kernels(device) else None
     result["rows"] = [dict(row, **{key: statistics.median(r["rows"][i][key] for r in runs)
                                    for key in row if key.endswith("_ms")})
                       for i, row in enumerate(runs[0]["rows"])]
@@ -352,7 +352,7 @@ def format_table(result):
     lines.append(f"one plain step, start to finish: {result['step_ms']:.2f} ms")
     launches = result["launches"]
     if launches is None:
-        launches = "none (the cpu runs the NumPy references)" if result["device"] == "cpu" else "unknown"
+        launches = "none (this device runs no CUDA kernels)"
     lines.append(f"Numba kernel launches per step: {launches}")
     if "graph_kernels" in result:
         lines.append(f"as a CUDA graph: {result['graph_kernels']} kernels per step (CuPy's "
