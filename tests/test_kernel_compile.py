@@ -212,12 +212,35 @@ def test_every_kernel_in_the_sources_is_found(tmp_path):
             ("conv2d_tiled", "_weight_gemm.<locals>.weight_gemm"), ("conv2d_naive", "forward_kernel"),
             ("conv2d_naive", "grad_input_kernel"), ("conv2d_naive", "grad_weight_kernel"),
             ("batchnorm", "_chunk_stats"), ("mse", "_forward"),
-            ("upsample", "_backward")} <= found
+            ("upsample", "_backward"), ("leaky_relu", "_forward"), ("leaky_relu", "_backward")} <= found
+    assert kr.kernel_files(tmp_path) == ["op"]  # the files whose examples the report calls
 
 
 def test_an_unlaunched_kernel_is_reported():
     launched = [kr.Compiled("op.plain", "float32", Kernel("plain", module="minicolor.kernels.op"))]
     assert kr.missing_kernels({("op", "plain"), ("op", "other")}, launched) == ["op.other"]
+
+
+def test_each_kernel_file_launches_each_of_its_kernels_in_both_dtypes():
+    """Without compiling (recorded, nothing run; in whichever mode numba.cuda is here): every file
+    of kernels/ that defines kernels is found, has examples(), and they launch each of its
+    kernels in float32 and in float64. A new kernel file needs nothing in the report."""
+    files = kr.kernel_files()
+    assert {"adam", "batchnorm", "conv2d_naive", "conv2d_tiled", "leaky_relu", "mse", "upsample"} <= set(files)
+    launched = {dtype: set() for dtype in kr.DTYPES}
+    for module, dtype, label, launches, error in kr.recorded_launches():
+        assert error is None, error
+        launched[dtype] |= {(k.py_func.__module__.rsplit(".", 1)[-1], k.py_func.__qualname__)
+                            for k, *_ in launches}
+    for dtype in kr.DTYPES:
+        assert kr.defined_kernels() - launched[dtype] == set(), dtype
+
+
+def test_a_kernel_file_without_examples_is_named():
+    calls, problems = kr.launcher_calls(["leaky_relu", "reduce"])  # reduce.py has no examples()
+    assert list(calls) == ["leaky_relu"]
+    assert problems == ["kernels/reduce.py defines CUDA kernels but no examples(dtype, array): the calls "
+                        "of its launchers that the report records (see kernels/__init__.py)"]
 
 
 def test_cli_has_the_kernels_command():
@@ -261,7 +284,8 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
             for dtype, wide in (("float32", "128x128"), ("float64", "64x64"))
             for tile in (wide, "32x128", "32x32")] + ["conv2d_tiled.gather_gemm.64x64.float32"]
     naive = [f"conv2d_naive.{kernel}" for kernel in ("forward_kernel", "grad_input_kernel", "grad_weight_kernel")]
-    others = [f"{name}.{dtype}" for name in naive + ["batchnorm._chunk_stats", "upsample._backward", "mse._forward"]
+    others = [f"{name}.{dtype}" for name in naive + ["batchnorm._chunk_stats", "upsample._backward", "mse._forward",
+                                                      "leaky_relu._forward", "leaky_relu._backward"]
               for dtype in ("float32", "float64")]
     for stem in conv + others:
         for suffix in (".ptx", ".cubin"):

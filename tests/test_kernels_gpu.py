@@ -155,6 +155,21 @@ def test_mse_on_network_shape():
     assert relative_error(grad, 2 * (pred.astype(cupy.float64) - target) / pred.size) < 1e-4
 
 
+@pytest.mark.parametrize("dtype", [cupy.float32, cupy.float64])
+def test_leaky_relu_on_a_network_shape(dtype):
+    """More elements than the grid has threads (MAX_BLOCKS x THREADS): the grid-stride loop."""
+    from minicolor.kernels import leaky_relu as k_leaky_relu
+    from minicolor.reference import leaky_relu as r_leaky_relu
+
+    rng = cupy.random.default_rng(6)
+    x, gy = (rng.standard_normal((BATCH, 64, 112, 112), dtype=dtype) for _ in range(2))
+    assert x.size > k_leaky_relu.MAX_BLOCKS * k_leaky_relu.THREADS
+    y, gx = k_leaky_relu.forward(x, 0.2), k_leaky_relu.backward(gy, x, 0.2)
+    assert y.dtype == gx.dtype == dtype
+    assert relative_error(y, r_leaky_relu.forward(x.astype(cupy.float64), 0.2)) < 1e-6
+    assert relative_error(gx, r_leaky_relu.backward(gy.astype(cupy.float64), x, 0.2)) < 1e-6
+
+
 def test_training_step_on_cuda_matches_cpu():
     rng = np.random.default_rng(5)
     l = rng.uniform(-0.5, 0.5, (2, 1, 32, 32)).astype(np.float32)
