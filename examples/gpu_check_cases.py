@@ -158,7 +158,7 @@ def kernel_cases(args):
                     if round_ == 0:
                         calls += 1
                         launches += kernels.launch_count - before
-                        print(f"{module:10s} {dtype:8s} {label:32s} {kernels.launch_count - before} "
+                        print(f"{module:12s} {dtype:8s} {label:32s} {kernels.launch_count - before} "
                               f"launches {time.perf_counter() - start:7.3f} s", flush=True)
         rounds.append(time.perf_counter() - started)
         what = "compiles and runs" if round_ == 0 else "runs (compiled)"

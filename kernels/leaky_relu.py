@@ -10,8 +10,9 @@ backward), the way the reference's ``where`` does for all of them at once:
 **Grid-stride loop.** A launch starts ``blocks x THREADS`` threads; thread number ``e`` =
 ``cuda.grid(1)`` takes element e, then e + (the number of threads of the whole grid,
 ``cuda.gridsize(1)``), and so on until the end of the array. So any number of blocks covers
-any size: the launchers cap the grid at MAX_BLOCKS (enough to fill a GPU) rather than start
-one thread per element of a large tensor.
+any size: the launchers cap the grid at MAX_BLOCKS (4,096 blocks of 256 threads: about four
+times as many threads as an H100 holds at once) rather than start one thread per element of a
+large tensor.
 
 The launchers pass the arrays flat (one index per element, whatever the tensor's shape), and
 the slope as a NumPy scalar of x's dtype, so that a float32 tensor is computed in float32

@@ -8,7 +8,9 @@
 5. the dispatch table finds both files by their name, and nothing else names them.
 The kernels on a real GPU: tests/test_kernels_gpu.py. Compiled for sm_90: tests/test_kernel_compile.py.
 """
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +40,8 @@ def test_reference_matches_pytorch(rng, slope, dtype):
     xt = torch.tensor(x, requires_grad=True)
     yt = torch.nn.functional.leaky_relu(xt, slope)
     yt.backward(torch.tensor(gy))
-    y, gx = reference.forward(x, slope), reference.backward(gy, x, slope)
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, in PyTorch too
+        y, gx = reference.forward(x, slope), reference.backward(gy, x, slope)
     assert y.dtype == gx.dtype == dtype
     np.testing.assert_array_equal(y, yt.detach().numpy())  # bit for bit, NaN where PyTorch has NaN
     np.testing.assert_array_equal(gx, xt.grad.numpy())
@@ -143,3 +146,26 @@ def test_the_table_finds_the_files_by_name():
     the CPU (there is no minicolor/cpu/leaky_relu.py), the kernels on sim and cuda."""
     assert backend.implementation("leaky_relu", "cpu") is reference
     assert "kernels" in backend.DEVICES["sim"].folders and "kernels" in backend.DEVICES["cuda"].folders
+
+
+def test_no_other_source_file_names_the_layer():
+    """Registered nowhere: the four files of docs/add-a-layer.md are the only ones in minicolor/
+    and kernels/ that name it (the table finds the op by file name, the tools ask the module)."""
+    root = Path(__file__).resolve().parents[1]
+    naming = sorted(str(path.relative_to(root)) for folder in ("minicolor", "kernels")
+                    for path in (root / folder).rglob("*.py")
+                    if re.search(r"leaky", path.read_text(), re.IGNORECASE))
+    assert naming == ["kernels/leaky_relu.py", "minicolor/functional.py", "minicolor/nn.py",
+                      "minicolor/reference/leaky_relu.py"]
+
+
+def test_the_page_shows_the_code_as_it_is():
+    """Each listing of docs/add-a-layer.md (a ```py block whose first line names its file) is
+    that file's text, whole or an unchanged stretch of it."""
+    root = Path(__file__).resolve().parents[1]
+    listings = re.findall(r"^```py\n# (\S+)\n(.*?)^```", (root / "docs" / "add-a-layer.md").read_text(),
+                          re.S | re.M)
+    assert [path for path, _ in listings] == ["minicolor/reference/leaky_relu.py", "kernels/leaky_relu.py",
+                                              "minicolor/functional.py", "minicolor/nn.py"]
+    for path, text in listings:
+        assert text in (root / path).read_text(), f"docs/add-a-layer.md shows {path} as it no longer is"
