@@ -140,7 +140,7 @@ def kernel_cases(args):
     # (positive: Adam's second moment and batchnorm's variance must be, or the simulator's
     # math.sqrt raises)
     random_array = lambda shape, dtype: xp.asarray(rng.uniform(0.1, 1.0, shape).astype(dtype))  # noqa: E731
-    examples, problems = kernel_report.launcher_calls()
+    examples, problems = kernel_report.kernel_examples()
     if problems:
         raise SystemExit("\n".join(problems))
     rounds, calls, launches = [], 0, 0

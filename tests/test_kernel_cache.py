@@ -22,7 +22,7 @@ import hashlib
 from numba.cuda.serialize import dumps
 from minicolor.tools import kernel_report as kr
 
-calls, problems = kr.launcher_calls(["conv2d_naive", "conv2d_tiled"])
+calls, problems = kr.kernel_examples(["conv2d_naive", "conv2d_tiled"])
 items, errors = kr.record_launches(("float32", "float64"), calls)
 assert not problems, problems
 assert not errors, errors

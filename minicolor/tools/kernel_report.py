@@ -325,7 +325,7 @@ def kernel_files(folder=None):
     return sorted({module for module, _ in defined_kernels(folder)})
 
 
-def launcher_calls(modules=None):
+def kernel_examples(modules=None):
     """({module: its ``examples`` function}, problems) for each file of kernels/ that defines
     kernels (``kernel_files``), or for ``modules``.
 
@@ -399,13 +399,13 @@ def recorded_launches(dtypes=DTYPES, calls=None):
     """Call every example with recording on, nothing run: yields (module, dtype, label, launches,
     error) per call, ``launches`` a list of (kernel, grid, block, args), ``error`` None or what
     went wrong (a launcher whose signature changed, a file without examples: said by name).
-    ``calls``: {module: examples function}; default every file of kernels/ (``launcher_calls``)."""
+    ``calls``: {module: examples function}; default every file of kernels/ (``kernel_examples``)."""
     import numpy as np
 
     import minicolor.kernels as kernels
 
     if calls is None:
-        calls, problems = launcher_calls()
+        calls, problems = kernel_examples()
         for problem in problems:
             yield None, None, None, [], problem
     for module, examples in calls.items():
