@@ -250,10 +250,9 @@ def picture(path, graph=None, layers=LAYERS):
                                           edgecolor="#3b5b92", linewidth=1.2))
             house.text(left + width / 2, bottom + 0.68, layer.name, ha="center", va="center",
                        fontsize=10, weight="bold")
-            places = layer.places if len(row) == 1 else [" ".join(layer.places[:3]), " ".join(layer.places[3:])]
-            house.text(left + width / 2, bottom + 0.32, "\n".join(p for p in (
-                [" ".join(places)] if len(row) == 1 else places) if p), ha="center", va="center",
-                fontsize=7.5, family="monospace")
+            places = [layer.places] if len(row) == 1 else [layer.places[:3], layer.places[3:]]  # half width
+            house.text(left + width / 2, bottom + 0.32, "\n".join(" ".join(p) for p in places if p),
+                       ha="center", va="center", fontsize=7.5, family="monospace")
         house.text(-0.02, level - 0.5, str(level), ha="right", va="center", fontsize=9, color="#555")
     house.set_xlim(-0.06, 1.0)
     house.set_ylim(0, len(levels))
