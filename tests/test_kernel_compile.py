@@ -221,16 +221,22 @@ def test_an_unlaunched_kernel_is_reported():
     assert kr.missing_kernels({("op", "plain"), ("op", "other")}, launched) == ["op.other"]
 
 
-def test_each_kernel_file_launches_each_of_its_kernels_in_both_dtypes():
-    """Without compiling (recorded, nothing run; in whichever mode numba.cuda is here): every file
-    of kernels/ that defines kernels is found, has examples(), and they launch each of its
-    kernels in float32 and in float64. A new kernel file needs nothing in the report."""
+def simulator_if_possible():
+    """Import the kernels in the simulator, as the other in-process kernel tests have them (a real
+    GPU's numba.cuda would lock those out); where numba.cuda is a GPU's already, recording works too."""
     from minicolor import backend
 
-    try:  # the simulator, as the other in-process kernel tests have it (not to lock them out)
+    try:
         backend.enable_simulator()
-    except backend.DeviceError:  # numba.cuda is already a real GPU's here: recording works as well
+    except backend.DeviceError:
         pass
+
+
+def test_each_kernel_file_launches_each_of_its_kernels_in_both_dtypes():
+    """Without compiling (recorded, nothing run): every file of kernels/ that defines kernels is
+    found, has examples(), and they launch each of its kernels in float32 and in float64. A new
+    kernel file needs nothing in the report."""
+    simulator_if_possible()
     files = kr.kernel_files()
     assert {"adam", "batchnorm", "conv2d_naive", "conv2d_tiled", "mse", "upsample"} <= set(files)
     launched = {dtype: set() for dtype in kr.DTYPES}
@@ -243,6 +249,7 @@ def test_each_kernel_file_launches_each_of_its_kernels_in_both_dtypes():
 
 
 def test_a_kernel_file_without_examples_is_named():
+    simulator_if_possible()
     calls, problems = kr.kernel_examples(["mse", "reduce"])  # reduce.py has no examples()
     assert list(calls) == ["mse"]
     assert problems == ["kernels/reduce.py defines CUDA kernels but no examples(dtype, array): the calls "
