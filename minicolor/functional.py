@@ -1,10 +1,11 @@
 """Differentiable layers as functions: conv2d, batch_norm, relu, upsample, mse_loss, and the
 fused relu_batch_norm (a ReLU feeding a batchnorm, as one op).
 
-Each layer is a ``Function`` whose forward and backward call one of two implementations
-of the same arithmetic, chosen by the device of the input (the only place that chooses):
+Each layer is a ``Function`` whose forward and backward call one implementation of the
+same arithmetic, chosen by the device of the input (the only place that chooses):
 
-    "cpu"          minicolor/reference/<op>.py   NumPy, written against xp
+    "cpu"          minicolor/cpu/<op>.py         compiled Numba loops, Winograd (the default)
+                   minicolor/reference/<op>.py   NumPy, written against xp (MINICOLOR_CPU=reference)
     "cuda", "sim"  kernels/<op>.py               hand-written Numba CUDA kernels
 
 Both expose the same functions with the same arguments, so the Function reads the same
@@ -12,6 +13,7 @@ whichever runs. The public functions check their arguments first and say what wa
 expected and what was given.
 """
 import importlib
+import os
 
 from . import backend
 from .reference import batchnorm as _ref_batchnorm
@@ -31,14 +33,26 @@ _REFERENCES = {
 
 
 _KERNELS = {"conv2d", "batchnorm", "upsample", "mse"}  # ops with hand-written CUDA kernels
+_FAST_CPU = {"conv2d", "batchnorm", "upsample"}  # ops with a fast CPU path (minicolor/cpu/)
+
+# What device "cpu" runs: "fast" (minicolor/cpu/) or "reference" (the NumPy references).
+# Set MINICOLOR_CPU=reference in the environment, or assign this, to switch back.
+CPU_PATH = os.environ.get("MINICOLOR_CPU", "fast")
 
 
 def implementation(op, device):
-    """The module that computes ``op`` on ``device``: a reference, or its CUDA kernels.
+    """The module that computes ``op`` on ``device``: a reference, the fast CPU path, or CUDA
+    kernels.
 
     Ops without kernels (the classification ops) run their xp reference everywhere.
     """
-    if device == "cpu" or op not in _KERNELS:
+    if device == "cpu":
+        if CPU_PATH not in ("fast", "reference"):
+            raise ValueError(f"MINICOLOR_CPU must be 'fast' or 'reference', got {CPU_PATH!r}")
+        if CPU_PATH == "fast" and op in _FAST_CPU:
+            return importlib.import_module(f"minicolor.cpu.{op}")
+        return _REFERENCES[op]
+    if op not in _KERNELS:
         return _REFERENCES[op]
     return importlib.import_module(f"minicolor.kernels.{op}")
 
