@@ -62,28 +62,31 @@ def _inside(offset, stride, size, out_size):
 def im2col(x, kh, kw, stride, padding, dilation, ho, wo, cols):
     """cols[(c, i, j), n*P + (oh, ow)] = x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw] (0 outside).
 
-    One (row, image) pair of cols per loop turn, spread over the threads.
+    One (row of cols, image) pair per loop turn, spread over the threads.
     """
     n, c, h, w = x.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    p = ho * wo
+    zero = x.dtype.type(0)
     for job in prange(c * kh * kw * n):
         row, img = job // n, job % n
         ch, i, j = row // (kh * kw), (row // kw) % kh, row % kw
-        out = cols[row, img * p:(img + 1) * p]
+        out = cols[row]
         offset = j * dw - pw  # input column = ow * sw + offset
         lo, hi = _inside(offset, sw, w, wo)
         for oh in range(ho):
             ih = oh * sh - ph + i * dh
-            line = out[oh * wo:(oh + 1) * wo]
+            start = (img * ho + oh) * wo
             if ih < 0 or ih >= h:
-                line[:] = 0
-                continue
-            line[:lo] = 0
-            line[hi:] = 0
-            src = x[img, ch, ih]
-            for ow in range(lo, hi):
-                line[ow] = src[ow * sw + offset]
+                lo_row, hi_row = wo, wo  # the whole row is padding
+            else:
+                lo_row, hi_row = lo, hi
+                src = x[img, ch, ih]
+                for ow in range(lo, hi):
+                    out[start + ow] = src[ow * sw + offset]
+            for ow in range(lo_row):
+                out[start + ow] = zero
+            for ow in range(hi_row, wo):
+                out[start + ow] = zero
 
 
 @njit(parallel=True, cache=True)
@@ -95,23 +98,25 @@ def col2im(cols, kh, kw, stride, padding, dilation, ho, wo, gx):
     """
     n, c, h, w = gx.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    p = ho * wo
+    zero = gx.dtype.type(0)
     for plane in prange(n * c):
         img, ch = plane // c, plane % c
         out = gx[img, ch]
-        out[:] = 0
+        for ih in range(h):
+            for iw in range(w):
+                out[ih, iw] = zero
         for i in range(kh):
             for j in range(kw):
-                src = cols[(ch * kh + i) * kw + j, img * p:(img + 1) * p]
+                src = cols[(ch * kh + i) * kw + j]
                 offset = j * dw - pw
                 lo, hi = _inside(offset, sw, w, wo)
                 for oh in range(ho):
                     ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    line = out[ih]
-                    for ow in range(lo, hi):
-                        line[ow * sw + offset] += src[oh * wo + ow]
+                    if 0 <= ih < h:
+                        line = out[ih]
+                        start = (img * ho + oh) * wo
+                        for ow in range(lo, hi):
+                            line[ow * sw + offset] += src[start + ow]
 
 
 @njit(parallel=True, cache=True)
@@ -120,7 +125,9 @@ def batch_to_columns(y, out):
     n, f, p = y.shape
     for job in prange(n * f):
         img, o = job // f, job % f
-        out[o, img * p:(img + 1) * p] = y[img, o]
+        src, dst = y[img, o], out[o]
+        for k in range(p):
+            dst[img * p + k] = src[k]
 
 
 @njit(parallel=True, cache=True)
@@ -129,7 +136,9 @@ def columns_to_batch(Y, bias, out):
     n, f, p = out.shape
     for job in prange(n * f):
         img, o = job // f, job % f
-        out[img, o] = Y[o, img * p:(img + 1) * p] + bias[o]
+        src, dst, b = Y[o], out[img, o], bias[o]
+        for k in range(p):
+            dst[k] = src[img * p + k] + b
 
 
 # --- the three passes -------------------------------------------------------------------------------
@@ -138,6 +147,28 @@ def _geometry(x_shape, w_shape, stride, padding, dilation):
     ho = output_size(x_shape[2], kh, stride[0], padding[0], dilation[0])
     wo = output_size(x_shape[3], kw, stride[1], padding[1], dilation[1])
     return kh, kw, tuple(stride), tuple(padding), tuple(dilation), ho, wo
+
+
+def _pointwise(w_shape, stride, padding):
+    """A 1x1 convolution with stride 1 and no padding: its columns are x itself."""
+    return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+
+
+def _to_columns(a):
+    """(N, F, ...) -> (F, N*P): the batch side by side (a view when N is 1)."""
+    n, f = a.shape[:2]
+    if n == 1:
+        return a.reshape(f, -1)
+    out = np.empty((f, a.size // f), a.dtype)
+    batch_to_columns(a.reshape(n, f, -1), out)
+    return out
+
+
+def _from_columns(Y, bias, shape):
+    """(F, N*P) + bias -> shape (N, F, ...)."""
+    out = np.empty((shape[0], shape[1], Y.shape[1] // shape[0]), Y.dtype)
+    columns_to_batch(Y, np.zeros(shape[1], Y.dtype) if bias is None else bias, out)
+    return out.reshape(shape)
 
 
 def forward(x, w, b, stride, padding, dilation):
@@ -150,12 +181,13 @@ def forward(x, w, b, stride, padding, dilation):
     n, c = x.shape[:2]
     f = w.shape[0]
     kh, kw, *geometry, ho, wo = _geometry(x.shape, w.shape, stride, padding, dilation)
-    cols = np.empty((c * kh * kw, n * ho * wo), x.dtype)
-    im2col(x, kh, kw, *geometry, ho, wo, cols)
+    if _pointwise(w.shape, stride, padding):
+        cols = _to_columns(x)
+    else:
+        cols = np.empty((c * kh * kw, n * ho * wo), x.dtype)
+        im2col(x, kh, kw, *geometry, ho, wo, cols)
     Y = w.reshape(f, -1) @ cols  # (F, K) @ (K, N*P): one product for the whole batch
-    y = np.empty((n, f, ho * wo), x.dtype)
-    columns_to_batch(Y, np.zeros(f, x.dtype) if b is None else b, y)
-    return y.reshape(n, f, ho, wo), cols
+    return _from_columns(Y, b, (n, f, ho, wo)), cols
 
 
 def backward_data(gy, w, x_shape, stride, padding, dilation):
@@ -164,11 +196,11 @@ def backward_data(gy, w, x_shape, stride, padding, dilation):
     gy = np.ascontiguousarray(gy)
     if uses_winograd(x_shape, w.shape, stride, padding, dilation):
         return winograd.backward_data(gy, w, x_shape, tuple(padding), tuple(dilation))
-    n, f = gy.shape[:2]
+    f = gy.shape[1]
     kh, kw, *geometry, ho, wo = _geometry(x_shape, w.shape, stride, padding, dilation)
-    gyc = np.empty((f, n * ho * wo), gy.dtype)
-    batch_to_columns(gy.reshape(n, f, -1), gyc)
-    gcols = w.reshape(f, -1).T @ gyc  # (K, F) @ (F, N*P)
+    gcols = w.reshape(f, -1).T @ _to_columns(gy)  # (K, F) @ (F, N*P)
+    if _pointwise(w.shape, stride, padding):
+        return _from_columns(gcols, None, tuple(x_shape))
     gx = np.empty(x_shape, gy.dtype)
     col2im(gcols, kh, kw, *geometry, ho, wo, gx)
     return gx
@@ -180,8 +212,6 @@ def backward_weight(gy, saved, w_shape, stride, padding, dilation):
     gy = np.ascontiguousarray(gy)
     if isinstance(saved, Winograd):
         return winograd.backward_weight(gy, saved.V, w_shape, tuple(padding), tuple(dilation))
-    n, f = gy.shape[:2]
-    gyc = np.empty((f, n * gy.shape[2] * gy.shape[3]), gy.dtype)
-    batch_to_columns(gy.reshape(n, f, -1), gyc)
+    gyc = _to_columns(gy)
     gw = gyc @ saved.T  # (F, N*P) @ (N*P, K): one product, summed over the batch inside it
     return gw.reshape(w_shape), gyc.sum(axis=1)

@@ -226,7 +226,10 @@ def output_transform(M, bias, offset, rows, cols, dilation, per_group, y):
                 flat[at + 3 * step] = e[3]
         for p in range(count):
             img, o = (first + p) // f, (first + p) % f
-            y[img, o] = padded[p, :ho, :wo] + bias[o]
+            b = bias[o]
+            for r in range(ho):
+                for s in range(wo):
+                    y[img, o, r, s] = padded[p, r, s] + b
 
 
 @njit(parallel=True, cache=True)
