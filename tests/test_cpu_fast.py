@@ -285,16 +285,26 @@ def training_steps(path, dtype, monkeypatch):
     return losses, grads
 
 
-@pytest.mark.parametrize("dtype, tol, later", [(np.float64, 1e-9, 1e-9), (np.float32, 1e-4, 1e-2)])
-def test_training_steps_match_the_reference_path(monkeypatch, dtype, tol, later):
+def test_training_steps_match_the_reference_path_in_float64(monkeypatch):
     """A width-2 network (its 16-channel layers in groups 4 to 7 take the Winograd path, the
-    rest im2col), fast path against reference path: the first step's loss and gradients to
-    ``tol``, the next two losses to ``later``. In float32 those drift apart by 0.1-0.3%: Adam's
-    first steps move a weight by about lr whatever the size of its gradient, so gradients
-    near rounding size, of either sign, move the two networks apart by lr."""
-    fast, reference = (training_steps(path, dtype, monkeypatch) for path in ("fast", "reference"))
-    assert fast[0][0] == pytest.approx(reference[0][0], rel=tol)
-    assert fast[0][1:] == pytest.approx(reference[0][1:], rel=later)
+    rest im2col): three Adam steps, fast path against reference path, to rounding."""
+    fast, reference = (training_steps(path, np.float64, monkeypatch) for path in ("fast", "reference"))
+    assert fast[0] == pytest.approx(reference[0], rel=1e-9)
     for name, grad in reference[1].items():
-        scale = np.abs(grad).max() + 1e-12
-        np.testing.assert_allclose(fast[1][name] / scale, grad / scale, atol=tol, err_msg=name)
+        np.testing.assert_allclose(fast[1][name], grad, atol=1e-9 * np.abs(grad).max(), err_msg=name)
+
+
+def test_training_steps_in_float32_are_as_accurate_as_the_reference(monkeypatch):
+    """In float32 both paths differ from the float64 result by rounding (a bias gradient sums
+    over a thousand values that mostly cancel); the fast path's error stays within a few times
+    the reference's own. Losses after the first step drift apart by 0.1-0.3%: Adam's first steps
+    move a weight by about lr whatever the size of its gradient, so gradients near rounding
+    size, of either sign, move the two networks apart by lr."""
+    exact = training_steps("reference", np.float64, monkeypatch)
+    fast, reference = (training_steps(path, np.float32, monkeypatch) for path in ("fast", "reference"))
+    assert fast[0][0] == pytest.approx(exact[0][0], rel=1e-5)
+    assert fast[0][1:] == pytest.approx(reference[0][1:], rel=1e-2)
+    for name, grad in exact[1].items():
+        scale = np.abs(grad).max()
+        ours, theirs = (float(np.abs(run[1][name] - grad).max() / scale) for run in (fast, reference))
+        assert ours < 3 * theirs + 1e-4, (name, ours, theirs)

@@ -14,7 +14,7 @@ convolution becomes an elementwise product:
 With C input and F output channels the elementwise product sums over channels, so for each of
 the alpha^2 positions (xi, nu) of the transformed tile it is one matrix product:
 
-    M[xi,nu] (F x T) = U[xi,nu] (F x C) @ V[xi,nu] (C x T)     T = tiles over the whole batch
+    M[xi,nu] (T x F) = V[xi,nu] (T x C) @ U[xi,nu] (C x F)     T = tiles over the whole batch
 
 alpha^2 matrix products of F x C x T multiply-adds replace one of F x 9C x T m^2: with m = 4,
 36 instead of 144 per tile, 4 times fewer. The transforms (B^T d B and A^T M A) are additions
@@ -34,7 +34,14 @@ The three passes of training:
     grad-input     gx = winograd(gy, w turned 180 degrees, in/out channels swapped,
                                  padding 2d - p): the adjoint of a stride-1 convolution is one
     grad-weight    gw = G^T [ sum over tiles of (A gY A^T) * V ] G    (the same algebra run
-                   backwards: alpha^2 products dM (F x T) @ V^T (T x C); V is kept from forward)
+                   backwards: alpha^2 products V^T (C x T) @ dM (T x F); V is kept from forward)
+
+Channels last: inside this file every image is held as (rows, columns, channels), so that the
+innermost loops run over channels: the same arithmetic on 16 to 128 neighbouring values, which
+the compiler turns into vector instructions. With the images as NCHW planes the loops ran over
+the 16 to 49 tiles of a plane, gathered pixel by pixel, and took 5 to 8 ns per input value; the
+layout change costs a transpose on the way in and out, and the transforms now take about 2
+(docs/winograd.md).
 """
 import numpy as np
 from numba import njit, prange
@@ -64,11 +71,11 @@ class Tiles:
 
     Output row oh = a + d*(m*ti + r): phase a in [0, d), tile ti in [0, th), row r in [0, m);
     columns likewise. An image has per_image = d^2 th tw tiles, numbered phase by phase; tile t
-    of image n is column n*per_image + t of the transformed matrices. Tile t starts at row
+    of image n is row n*per_image + t of the transformed matrices. Tile t starts at row
     row0[t] = a + d*m*ti and column col0[t]: its output pixel (r, s) is (row0 + d*r,
     col0 + d*s) of the output, and its input pixel (u, v) is (row0 + d*u, col0 + d*v) of the
-    input padded by p on each side. A padded plane of ``rows`` x ``cols`` holds every tile,
-    partial ones too; ``offset[t]`` is where tile t starts in it, counted flat.
+    input padded by p on each side. A padded image of ``rows`` x ``cols`` holds every tile,
+    partial ones too.
     """
 
     def __init__(self, x_shape, padding, dilation):
@@ -78,34 +85,20 @@ class Tiles:
         th = -(-(-(-self.ho // dh)) // M_OUT)  # tiles per phase: ceil(ceil(ho / d) / m)
         tw = -(-(-(-self.wo // dw)) // M_OUT)
         self.rows, self.cols = dh * (M_OUT * th + 2), dw * (M_OUT * tw + 2)
-        row0 = [a + dh * M_OUT * ti for a in range(dh) for ti in range(th)]
-        col0 = [b + dw * M_OUT * tj for b in range(dw) for tj in range(tw)]
-        # unsigned, so that the compiled loops index without testing for negative indices
-        self.offset = np.add.outer(np.array(row0) * self.cols, col0).ravel().astype(np.uint64)
-        self.per_image = len(self.offset)
+        starts_h = [a + dh * M_OUT * ti for a in range(dh) for ti in range(th)]
+        starts_w = [b + dw * M_OUT * tj for b in range(dw) for tj in range(tw)]
+        self.row0 = np.repeat(starts_h, len(starts_w)).astype(np.int64)
+        self.col0 = np.tile(starts_w, len(starts_h)).astype(np.int64)
+        self.per_image = len(self.row0)
         self.count = self.n * self.per_image
-        self.planes_in = self.n * self.c
-
-    def group(self, planes):
-        """Planes per group: enough for GROUP_TILES tiles (see below)."""
-        return max(1, min(planes, -(-GROUP_TILES // self.per_image)))
 
 
 # --- the compiled loops -----------------------------------------------------------------------
-# Each spreads groups of image planes (one image, one channel each) over the threads. Within a
-# group the loops run over all the group's tiles at once (the innermost loop is over tiles t):
-# the same arithmetic on neighbouring tiles, which the compiler turns into vector instructions.
-# A group holds at least GROUP_TILES tiles, because the compiler's vector loops take 64 floats
-# a turn and run what is left one float at a time: one 28 x 28 plane has only 49 tiles.
-# Tiles are gathered from, and scattered to, a zero-padded copy of each plane, so that no loop
-# tests whether a pixel lies inside the image.
-#
 # The transforms are the rows of B^T, A^T and A written out, so that the zeros of the matrices
-# cost nothing and every intermediate stays in a register. The constants 2, 4, 5 and 8 are made
-# in the arrays' dtype (``x.dtype.type(4)``) before the loops: a float32 times a Python int is
-# computed in float64, 3x slower here.
-GROUP_TILES = 256
-
+# cost nothing and every intermediate stays in a register; each is applied to whole rows of
+# channels at once. The constants 2, 4, 5 and 8 are made in the arrays' dtype
+# (``x.dtype.type(4)``) before the loops: a float32 times a Python int is computed in float64,
+# 3x slower here. The tiles (each image's, then the next image's) are spread over the threads.
 
 @njit(cache=True, inline="always")
 def _bt(d0, d1, d2, d3, d4, d5, two, four, five):
@@ -138,216 +131,158 @@ def _a(g0, g1, g2, g3, two, four, eight):
             g3)
 
 
-@njit(cache=True, inline="always")
-def _group_offsets(tiles, count, first, plane_size, offset):
-    """Flat offsets of every tile of ``count`` planes laid one after another."""
-    where = np.empty(count * tiles, np.uint64)
-    for p in range(count):
-        for t in range(tiles):
-            where[p * tiles + t] = offset[t] + np.uint64(p * plane_size)
-    return where
-
-
 @njit(parallel=True, cache=True)
-def input_transform(x, offset, rows, cols, padding, dilation, per_group, V):
-    """V[(i, j), c, tile] = (B^T d B)[i, j] for every 6 x 6 input tile d of x (zeros outside x)."""
+def channels_last(x, top, left, out):
+    """out[n, top + r, left + s, c] = x[n, c, r, s]; the rest of out is left as it is (zeros)."""
     n, c, h, w = x.shape
-    (ph, pw), (dh, dw) = padding, dilation
-    tiles = offset.shape[0]
-    step = np.uint64(dh * cols)  # from one row of a tile to the next, in the flat padded plane
-    two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
-    for group in prange((n * c + per_group - 1) // per_group):
-        first = group * per_group
-        count = min(per_group, n * c - first)
-        padded = np.zeros((count, rows, cols), x.dtype)
-        for p in range(count):
-            padded[p, ph:ph + h, pw:pw + w] = x[(first + p) // c, (first + p) % c]
-        flat = padded.ravel()
-        where = _group_offsets(tiles, count, first, rows * cols, offset)
-        size = count * tiles
-        half = np.empty((6, 6, size), x.dtype)  # B^T d: the columns transformed
-        for v in range(6):
-            shift = np.uint64(dw * v)
-            for t in range(size):
-                at = where[t] + shift
-                e = _bt(flat[at], flat[at + step], flat[at + 2 * step], flat[at + 3 * step],
-                        flat[at + 4 * step], flat[at + 5 * step], two, four, five)
-                for i in range(6):
-                    half[i, v, t] = e[i]
-        out = np.empty((6, 6, size), x.dtype)  # (B^T d) B: the rows too
-        for i in range(6):
-            for t in range(size):
-                e = _bt(half[i, 0, t], half[i, 1, t], half[i, 2, t], half[i, 3, t],
-                        half[i, 4, t], half[i, 5, t], two, four, five)
-                for j in range(6):
-                    out[i, j, t] = e[j]
-        for p in range(count):
-            img, ch = (first + p) // c, (first + p) % c
-            for i in range(6):
-                for j in range(6):
-                    V[6 * i + j, ch, img * tiles:(img + 1) * tiles] = out[i, j, p * tiles:(p + 1) * tiles]
-
-
-@njit(parallel=True, cache=True)
-def output_transform(M, bias, offset, rows, cols, dilation, per_group, y):
-    """y[n, f] = A^T M A for every tile, plus bias[f]."""
-    n, f, ho, wo = y.shape
-    dh, dw = dilation
-    tiles = offset.shape[0]
-    step = np.uint64(dh * cols)
-    two, four, eight = y.dtype.type(2), y.dtype.type(4), y.dtype.type(8)
-    for group in prange((n * f + per_group - 1) // per_group):
-        first = group * per_group
-        count = min(per_group, n * f - first)
-        size = count * tiles
-        mt = np.empty((6, 6, size), y.dtype)
-        for p in range(count):
-            img, o = (first + p) // f, (first + p) % f
-            for ij in range(36):
-                mt[ij // 6, ij % 6, p * tiles:(p + 1) * tiles] = M[ij, o, img * tiles:(img + 1) * tiles]
-        half = np.empty((6, 4, size), y.dtype)  # M A: the rows transformed
-        for i in range(6):
-            for t in range(size):
-                e = _at(mt[i, 0, t], mt[i, 1, t], mt[i, 2, t], mt[i, 3, t], mt[i, 4, t], mt[i, 5, t], two, four, eight)
-                for s in range(4):
-                    half[i, s, t] = e[s]
-        padded = np.empty((count, rows, cols), y.dtype)
-        flat = padded.ravel()
-        where = _group_offsets(tiles, count, first, rows * cols, offset)
-        for s in range(4):  # A^T (M A): the columns too, each value scattered to its pixel
-            shift = np.uint64(dw * s)
-            for t in range(size):
-                e = _at(half[0, s, t], half[1, s, t], half[2, s, t], half[3, s, t], half[4, s, t],
-                        half[5, s, t], two, four, eight)
-                at = where[t] + shift
-                flat[at] = e[0]
-                flat[at + step] = e[1]
-                flat[at + 2 * step] = e[2]
-                flat[at + 3 * step] = e[3]
-        for p in range(count):
-            img, o = (first + p) // f, (first + p) % f
-            b = bias[o]
-            for r in range(ho):
-                for s in range(wo):
-                    y[img, o, r, s] = padded[p, r, s] + b
-
-
-@njit(parallel=True, cache=True)
-def output_transform_adjoint(gy, offset, rows, cols, dilation, per_group, dM):
-    """dM[(i, j), f, tile] = (A gY A^T)[i, j]: gY the 4 x 4 tile of gy (zeros outside gy)."""
-    n, f, ho, wo = gy.shape
-    dh, dw = dilation
-    tiles = offset.shape[0]
-    step = np.uint64(dh * cols)
-    two, four, eight = gy.dtype.type(2), gy.dtype.type(4), gy.dtype.type(8)
-    for group in prange((n * f + per_group - 1) // per_group):
-        first = group * per_group
-        count = min(per_group, n * f - first)
-        padded = np.zeros((count, rows, cols), gy.dtype)
-        for p in range(count):
-            padded[p, :ho, :wo] = gy[(first + p) // f, (first + p) % f]
-        flat = padded.ravel()
-        where = _group_offsets(tiles, count, first, rows * cols, offset)
-        size = count * tiles
-        half = np.empty((6, 4, size), gy.dtype)  # A gY: the columns transformed
-        for s in range(4):
-            shift = np.uint64(dw * s)
-            for t in range(size):
-                at = where[t] + shift
-                e = _a(flat[at], flat[at + step], flat[at + 2 * step], flat[at + 3 * step], two, four, eight)
-                for i in range(6):
-                    half[i, s, t] = e[i]
-        out = np.empty((6, 6, size), gy.dtype)  # (A gY) A^T: the rows too
-        for i in range(6):
-            for t in range(size):
-                e = _a(half[i, 0, t], half[i, 1, t], half[i, 2, t], half[i, 3, t], two, four, eight)
-                for j in range(6):
-                    out[i, j, t] = e[j]
-        for p in range(count):
-            img, o = (first + p) // f, (first + p) % f
-            for i in range(6):
-                for j in range(6):
-                    dM[6 * i + j, o, img * tiles:(img + 1) * tiles] = out[i, j, p * tiles:(p + 1) * tiles]
-
-
-@njit(parallel=True, cache=True)
-def weight_transform(w, G):
-    """U[(i, j), f, c] = (G g G^T)[i, j] for each 3x3 filter g = w[f, c].
-
-    The innermost loops run over input channels c, so that U is written contiguously.
-    """
-    f, c, k, _ = w.shape
-    alpha = G.shape[0]
-    U = np.empty((alpha * alpha, f, c), w.dtype)
-    for o in prange(f):
-        tmp = np.zeros((alpha, k, c), w.dtype)  # G g, for every c
-        for i in range(alpha):
-            for a in range(k):
-                coef = G[i, a]
-                if coef != 0:
-                    for b in range(k):
-                        for ch in range(c):
-                            tmp[i, b, ch] += coef * w[o, ch, a, b]
-        for i in range(alpha):
-            for j in range(alpha):
-                row = U[i * alpha + j, o]
-                row[:] = 0
-                for b in range(k):
-                    coef = G[j, b]
-                    if coef != 0:
-                        for ch in range(c):
-                            row[ch] += coef * tmp[i, b, ch]
-    return U
-
-
-@njit(parallel=True, cache=True)
-def weight_transform_adjoint(dU, G, gw):
-    """gw[f, c] = G^T dU[f, c] G: the 3x3 gradient of each filter from its alpha x alpha one."""
-    f, c, k, _ = gw.shape
-    alpha = G.shape[0]
-    for o in prange(f):
-        tmp = np.zeros((k, alpha, c), gw.dtype)  # G^T dU, for every c
-        for a in range(k):
-            for i in range(alpha):
-                coef = G[i, a]
-                if coef != 0:
-                    for j in range(alpha):
-                        row = dU[i * alpha + j, o]
-                        for ch in range(c):
-                            tmp[a, j, ch] += coef * row[ch]
-        out = np.zeros((k, k, c), gw.dtype)
-        for a in range(k):
-            for b in range(k):
-                for j in range(alpha):
-                    coef = G[j, b]
-                    if coef != 0:
-                        for ch in range(c):
-                            out[a, b, ch] += coef * tmp[a, j, ch]
+    for job in prange(n * h):
+        img, r = job // h, job % h
+        row = out[img, top + r]
         for ch in range(c):
-            for a in range(k):
-                for b in range(k):
-                    gw[o, ch, a, b] = out[a, b, ch]
+            src = x[img, ch, r]
+            for s in range(w):
+                row[left + s, ch] = src[s]
+
+
+@njit(parallel=True, cache=True)
+def channels_first(y_last, bias, y):
+    """y[n, f, r, s] = y_last[n, r, s, f] + bias[f]."""
+    n, f, ho, wo = y.shape
+    for job in prange(n * f):
+        img, o = job // f, job % f
+        b = bias[o]
+        for r in range(ho):
+            src, dst = y_last[img, r], y[img, o, r]
+            for s in range(wo):
+                dst[s] = src[s, o] + b
+
+
+@njit(parallel=True, cache=True)
+def input_transform(padded, row0, col0, dilation, V):
+    """V[(i, j), tile, c] = (B^T d B)[i, j] for every 6 x 6 tile d of the padded input
+    (n, rows, cols, c): first down the columns of the tile, then along its rows."""
+    n, _, _, c = padded.shape
+    dh, dw = dilation
+    tiles = row0.shape[0]
+    two, four, five = padded.dtype.type(2), padded.dtype.type(4), padded.dtype.type(5)
+    for job in prange(n * tiles):
+        img, t = job // tiles, job % tiles
+        r, q = row0[t], col0[t]
+        half = np.empty((6, 6, c), padded.dtype)  # B^T d
+        for v in range(6):
+            col = q + dw * v
+            d0, d1, d2 = padded[img, r, col], padded[img, r + dh, col], padded[img, r + 2 * dh, col]
+            d3, d4, d5 = padded[img, r + 3 * dh, col], padded[img, r + 4 * dh, col], padded[img, r + 5 * dh, col]
+            h0, h1, h2, h3, h4, h5 = half[0, v], half[1, v], half[2, v], half[3, v], half[4, v], half[5, v]
+            for ch in range(c):
+                e0, e1, e2, e3, e4, e5 = _bt(d0[ch], d1[ch], d2[ch], d3[ch], d4[ch], d5[ch], two, four, five)
+                h0[ch], h1[ch], h2[ch], h3[ch], h4[ch], h5[ch] = e0, e1, e2, e3, e4, e5
+        for i in range(6):  # (B^T d) B, straight into V
+            a0, a1, a2, a3, a4, a5 = half[i, 0], half[i, 1], half[i, 2], half[i, 3], half[i, 4], half[i, 5]
+            o0, o1, o2 = V[6 * i, job], V[6 * i + 1, job], V[6 * i + 2, job]
+            o3, o4, o5 = V[6 * i + 3, job], V[6 * i + 4, job], V[6 * i + 5, job]
+            for ch in range(c):
+                e0, e1, e2, e3, e4, e5 = _bt(a0[ch], a1[ch], a2[ch], a3[ch], a4[ch], a5[ch], two, four, five)
+                o0[ch], o1[ch], o2[ch], o3[ch], o4[ch], o5[ch] = e0, e1, e2, e3, e4, e5
+
+
+@njit(parallel=True, cache=True)
+def output_transform(M, row0, col0, dilation, y_last):
+    """y_last[n, row0 + d*r, col0 + d*s, f] = (A^T M A)[r, s] for every tile: along the rows of
+    the transformed tile, then down its columns. Tiles do not overlap in the output."""
+    f = M.shape[2]
+    dh, dw = dilation
+    tiles = row0.shape[0]
+    two, four, eight = M.dtype.type(2), M.dtype.type(4), M.dtype.type(8)
+    for job in prange(M.shape[1]):
+        img, t = job // tiles, job % tiles
+        r, q = row0[t], col0[t]
+        half = np.empty((6, 4, f), M.dtype)  # M A
+        for i in range(6):
+            m0, m1, m2 = M[6 * i, job], M[6 * i + 1, job], M[6 * i + 2, job]
+            m3, m4, m5 = M[6 * i + 3, job], M[6 * i + 4, job], M[6 * i + 5, job]
+            h0, h1, h2, h3 = half[i, 0], half[i, 1], half[i, 2], half[i, 3]
+            for o in range(f):
+                e0, e1, e2, e3 = _at(m0[o], m1[o], m2[o], m3[o], m4[o], m5[o], two, four, eight)
+                h0[o], h1[o], h2[o], h3[o] = e0, e1, e2, e3
+        for s in range(4):  # A^T (M A), each row of outputs to its pixel
+            col = q + dw * s
+            a0, a1, a2, a3, a4, a5 = half[0, s], half[1, s], half[2, s], half[3, s], half[4, s], half[5, s]
+            y0, y1 = y_last[img, r, col], y_last[img, r + dh, col]
+            y2, y3 = y_last[img, r + 2 * dh, col], y_last[img, r + 3 * dh, col]
+            for o in range(f):
+                e0, e1, e2, e3 = _at(a0[o], a1[o], a2[o], a3[o], a4[o], a5[o], two, four, eight)
+                y0[o], y1[o], y2[o], y3[o] = e0, e1, e2, e3
+
+
+@njit(parallel=True, cache=True)
+def output_transform_adjoint(g_last, row0, col0, dilation, dM):
+    """dM[(i, j), tile, f] = (A gY A^T)[i, j]: gY the 4 x 4 tile of the output gradient
+    (n, rows, cols, f), zeros outside it."""
+    n, _, _, f = g_last.shape
+    dh, dw = dilation
+    tiles = row0.shape[0]
+    two, four, eight = g_last.dtype.type(2), g_last.dtype.type(4), g_last.dtype.type(8)
+    for job in prange(n * tiles):
+        img, t = job // tiles, job % tiles
+        r, q = row0[t], col0[t]
+        half = np.empty((6, 4, f), g_last.dtype)  # A gY
+        for s in range(4):
+            col = q + dw * s
+            g0, g1 = g_last[img, r, col], g_last[img, r + dh, col]
+            g2, g3 = g_last[img, r + 2 * dh, col], g_last[img, r + 3 * dh, col]
+            h0, h1, h2, h3, h4, h5 = half[0, s], half[1, s], half[2, s], half[3, s], half[4, s], half[5, s]
+            for o in range(f):
+                e0, e1, e2, e3, e4, e5 = _a(g0[o], g1[o], g2[o], g3[o], two, four, eight)
+                h0[o], h1[o], h2[o], h3[o], h4[o], h5[o] = e0, e1, e2, e3, e4, e5
+        for i in range(6):  # (A gY) A^T, straight into dM
+            a0, a1, a2, a3 = half[i, 0], half[i, 1], half[i, 2], half[i, 3]
+            o0, o1, o2 = dM[6 * i, job], dM[6 * i + 1, job], dM[6 * i + 2, job]
+            o3, o4, o5 = dM[6 * i + 3, job], dM[6 * i + 4, job], dM[6 * i + 5, job]
+            for o in range(f):
+                e0, e1, e2, e3, e4, e5 = _a(a0[o], a1[o], a2[o], a3[o], two, four, eight)
+                o0[o], o1[o], o2[o], o3[o], o4[o], o5[o] = e0, e1, e2, e3, e4, e5
+
+
+def weight_transform(w):
+    """U[(i, j), c, f] = (G g G^T)[i, j] for each 3x3 filter g = w[f, c].
+
+    Each of the 36 entries of G g G^T is a fixed combination of the 9 entries of g, so all of U
+    is one small matrix product: kron(G, G) (36 x 9) @ the filters as columns (9 x C*F).
+    """
+    f, c = w.shape[:2]
+    columns = w.transpose(2, 3, 1, 0).reshape(9, c * f)  # (a, b) x (c, f)
+    return (np.kron(G, G).astype(w.dtype) @ columns).reshape(ALPHA * ALPHA, c, f)
+
+
+def weight_transform_adjoint(dU, w_shape):
+    """gw[f, c] = G^T dU[f, c] G for every filter: the transpose of weight_transform's product."""
+    f, c = w_shape[:2]
+    columns = np.kron(G, G).T.astype(dU.dtype) @ dU.reshape(ALPHA * ALPHA, c * f)  # (9, C*F)
+    return np.ascontiguousarray(columns.reshape(3, 3, c, f).transpose(3, 2, 0, 1))
 
 
 # --- the three passes ---------------------------------------------------------------------------
 def conv(x, w, b, padding, dilation):
     """y = conv2d(x, w) + b for a 3x3 kernel, stride 1. Returns (y, V): V for grad-weight."""
     tiles = Tiles(x.shape, padding, dilation)
-    where = (tiles.offset, tiles.rows, tiles.cols)
-    V = np.empty((ALPHA * ALPHA, tiles.c, tiles.count), x.dtype)
-    input_transform(x, *where, padding, dilation, tiles.group(tiles.n * tiles.c), V)
-    M = np.matmul(weight_transform(w, G.astype(w.dtype)), V)  # alpha^2 products (F x C) @ (C x T)
     f = w.shape[0]
+    padded = np.zeros((tiles.n, tiles.rows, tiles.cols, tiles.c), x.dtype)
+    channels_last(x, padding[0], padding[1], padded)
+    V = np.empty((ALPHA * ALPHA, tiles.count, tiles.c), x.dtype)
+    input_transform(padded, tiles.row0, tiles.col0, dilation, V)
+    M = np.matmul(V, weight_transform(w))  # alpha^2 products (T x C) @ (C x F)
+    y_last = np.empty((tiles.n, tiles.rows, tiles.cols, f), x.dtype)
+    output_transform(M, tiles.row0, tiles.col0, dilation, y_last)
     y = np.empty((tiles.n, f, tiles.ho, tiles.wo), x.dtype)
-    bias = np.zeros(f, x.dtype) if b is None else b
-    output_transform(M, bias, *where, dilation, tiles.group(tiles.n * f), y)
+    channels_first(y_last, np.zeros(f, x.dtype) if b is None else b, y)
     return y, V
 
 
 def backward_data(gy, w, x_shape, padding, dilation):
     """gx: the stride-1 convolution of gy with w turned 180 degrees, channels swapped."""
     (ph, pw), (dh, dw) = padding, dilation
-    flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
     gx, _ = conv(gy, flipped, None, (2 * dh - ph, 2 * dw - pw), dilation)
     assert gx.shape == tuple(x_shape), (gx.shape, x_shape)
     return gx
@@ -359,10 +294,9 @@ def backward_weight(gy, V, w_shape, padding, dilation):
     (ph, pw), (dh, dw) = padding, dilation
     n, _, ho, wo = gy.shape
     tiles = Tiles((n, c, ho - 2 * ph + 2 * dh, wo - 2 * pw + 2 * dw), padding, dilation)
-    dM = np.empty((ALPHA * ALPHA, f, tiles.count), gy.dtype)
-    output_transform_adjoint(gy, tiles.offset, tiles.rows, tiles.cols, dilation,
-                             tiles.group(n * f), dM)
-    dU = np.matmul(dM, V.transpose(0, 2, 1))  # alpha^2 products (F x T) @ (T x C): (alpha^2, F, C)
-    gw = np.empty(w_shape, gy.dtype)
-    weight_transform_adjoint(dU, G.astype(gy.dtype), gw)
-    return gw, gy.sum(axis=(0, 2, 3))
+    g_last = np.zeros((n, tiles.rows, tiles.cols, f), gy.dtype)
+    channels_last(gy, 0, 0, g_last)
+    dM = np.empty((ALPHA * ALPHA, tiles.count, f), gy.dtype)
+    output_transform_adjoint(g_last, tiles.row0, tiles.col0, dilation, dM)
+    dU = np.matmul(V.transpose(0, 2, 1), dM)  # alpha^2 products (C x T) @ (T x F): (alpha^2, C, F)
+    return weight_transform_adjoint(dU, w_shape), gy.sum(axis=(0, 2, 3))
