@@ -41,9 +41,9 @@ def pair(v):
 
 
 CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation)
-    (1, 1, 5, 5, 2, 3, 1, 1, 1),       # one input channel (the first layer): im2col
+    (1, 1, 5, 5, 2, 3, 1, 1, 1),       # one input channel (the first layer): the reference
     (2, 3, 7, 6, 4, 3, 2, 1, 1),       # stride 2, odd and non-square, batch 2
-    (2, 2, 9, 8, 3, 3, 1, 2, 2),       # dilation 2, few channels: im2col
+    (2, 2, 9, 8, 3, 3, 1, 2, 2),       # dilation 2, few channels: the reference
     (1, 3, 6, 7, 2, 1, 1, 0, 1),       # 1x1: the columns are x itself (batch 1: no copy)
     (3, 5, 6, 7, 2, 1, 1, 0, 1),       # 1x1, odd batch
     (1, 6, 5, 6, 9, 1, 2, 0, 1),       # 1x1 stride 2
@@ -57,8 +57,11 @@ CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation)
     (1, 16, 5, 6, 16, 3, 1, 0, 1),     # Winograd without padding (grad-input padded by 2)
     (1, 16, 6, 11, 16, 3, 1, 3, 2),    # Winograd, padding 3 with dilation 2
     (2, 16, 9, 9, 16, 3, 1, 4, 2),     # padding 4 = 2 * dilation: still Winograd
-    (1, 16, 7, 7, 16, 3, 1, 3, 1),     # padding 3 > 2 * dilation: im2col (grad-input would crop)
-    (2, 16, 8, 8, 16, 3, 2, 1, 1),     # enough channels, but stride 2: im2col
+    (1, 16, 7, 7, 16, 3, 1, 3, 1),     # padding 3 > 2 * dilation: not Winograd (grad-input would crop)
+    (2, 16, 7, 7, 16, 3, 1, 3, 1),     # the same with a batch: one product
+    (2, 16, 8, 8, 16, 3, 2, 1, 1),     # enough channels, but stride 2: one product
+    (3, 8, 7, 9, 5, 3, 2, 2, 2),       # one product: stride 2 with dilation 2, odd batch
+    (2, 64, 5, 6, 3, 1, 1, 0, 1),      # one product: a 1x1 with 64 rows of columns
 ]
 
 
@@ -85,10 +88,10 @@ def test_conv2d_matches_reference(rng, case, dtype):
         assert relative_error(a, r) < TOLERANCE[dtype], name
 
 
-def test_the_cases_take_both_paths():
-    winograd_cases = [c_conv2d.uses_winograd((n, c, h, w), (f, c) + pair(k), pair(s), pair(p), pair(d))
-                      for n, c, h, w, f, k, s, p, d in CONV_CASES]
-    assert 6 <= sum(winograd_cases) <= len(CONV_CASES) - 6
+def test_the_cases_take_every_route():
+    routes = [c_conv2d.route((n, c, h, w), (f, c) + pair(k), pair(s), pair(p), pair(d))
+              for n, c, h, w, f, k, s, p, d in CONV_CASES]
+    assert all(routes.count(way) >= 4 for way in ("winograd", "one product", "reference")), routes
 
 
 def network_conv_shapes():
@@ -237,7 +240,7 @@ def test_results_do_not_depend_on_the_thread_count(rng):
         for count in (1, 2, 1):
             threads.set_threads(count)
             out = conv_passes(c_conv2d, x, w, None, ((1, 1), (1, 1), (1, 1)))  # Winograd
-            out += conv_passes(c_conv2d, x, w2, None, ((2, 2), (1, 1), (1, 1)))  # im2col
+            out += conv_passes(c_conv2d, x, w2, None, ((2, 2), (1, 1), (1, 1)))  # one product
             y, xhat, inv_std = c_batchnorm.forward(x, np.ones(16, np.float32), np.zeros(16, np.float32),
                                                    np.zeros(16, np.float32), np.ones(16, np.float32),
                                                    True, 0.1, 1e-5, relu=True)
@@ -286,8 +289,9 @@ def training_steps(path, dtype, monkeypatch):
 
 
 def test_training_steps_match_the_reference_path_in_float64(monkeypatch):
-    """A width-2 network (its 16-channel layers in groups 4 to 7 take the Winograd path, the
-    rest im2col): three Adam steps, fast path against reference path, to rounding."""
+    """A width-2 network (its 16-channel layers in groups 4 to 7 take the Winograd route, its
+    stride-2 layers one product, the rest the reference): three Adam steps, fast path against
+    reference path, to rounding."""
     fast, reference = (training_steps(path, np.float64, monkeypatch) for path in ("fast", "reference"))
     assert fast[0] == pytest.approx(reference[0], rel=1e-9)
     for name, grad in reference[1].items():

@@ -1,45 +1,54 @@
-"""conv2d, the fast CPU path: Winograd for 3x3 stride-1 layers, one matrix product otherwise.
+"""conv2d, the fast CPU path: Winograd for 3x3 stride-1 layers, one matrix product for the
+strided ones, the reference for the rest.
 
 Same functions, arguments and results as minicolor/reference/conv2d.py (read that first), and
-checked against it (tests/test_cpu_fast.py). What differs is how the work is done:
+checked against it (tests/test_cpu_fast.py). Each layer takes one of three routes, chosen from
+its shapes alone (``route``), so that its three passes agree. Figures: one core, CPU time,
+forward + both backward passes, width-16 layers at batch 16 and 128 px (docs/cpu.md):
 
-1. 3x3 kernels with stride 1 (most of the network's FLOPs) run Winograd's F(4x4, 3x3)
-   (winograd.py): 36 multiplications per 16 outputs instead of 144, as 36 matrix products.
-   Measured on one core (AVX-512) against the reference, forward + both backward passes of a
-   128-channel 3x3 layer: 16x128x16x16 in 24 ms instead of 50; 1x128x28x28 in 6.5 instead of
-   8.5 (docs/cpu.md).
-2. Every other layer (stride 2, 1x1, the first layer's single channel) is im2col and ONE matrix
-   product for the whole batch. The reference keeps the columns per image, (N, K, P), and
-   NumPy runs N products of (F x K) @ (K x P), plus N products and a sum for grad-weight. Here
-   the columns are (K, N*P): the whole batch side by side, so each pass is one product with N
-   times more columns (y, gx and gw in one call each), and the only extra copies are the small
-   transposes of y and gy between (N, F, P) and (F, N*P).
-3. The gathers and scatters (im2col, col2im, the transposes) are compiled loops (Numba) that
-   split the work over the cores by image plane, instead of NumPy slicing on one thread: the
-   padding is never materialised, and col2im adds each plane's taps in a fixed order, so
-   results do not depend on the number of threads.
+"winograd"     3x3 kernels with stride 1 and at least 16 channels in and out: Winograd's
+               F(4x4, 3x3) (winograd.py), 36 multiplications per 16 outputs instead of 144, as
+               36 matrix products. group4.2 (128 -> 128, 16 x 16) in 31 ms instead of 77;
+               group8.3 (64 -> 64, 32 x 32) 46 instead of 73; group2.0 (16 -> 32, 64 x 64) 53
+               instead of 61. With 8 channels it was no faster than im2col, with 4 twice slower.
+"one product"  other layers with a batch and at least 64 rows of columns (the stride-2 layers):
+               im2col and ONE matrix product for the whole batch. The reference keeps the
+               columns per image, (N, K, P), and NumPy runs N products of (F x K) @ (K x P),
+               plus N products and a sum for grad-weight. Here the columns are (K, N*P), the
+               batch side by side: each pass is one product with N times more columns, and the
+               gathers and scatters are compiled loops over image planes. group1.2 (16 -> 16,
+               stride 2) in 63 ms instead of 75.
+"reference"    the rest: the first layer's single input channel, the 1x1 head, batch 1. There
+               the one-product layout lost to the reference: its extra transposes of y and gy
+               between (N, F, P) and (F, N*P) cost more than they save when the columns are
+               few (group1.0: 42 ms instead of 23; the 1x1 head 1.8 instead of 0.3).
 
-``forward`` returns what ``backward_weight`` needs in ``saved``: the transformed input V for a
-Winograd layer, the columns (K, N*P) otherwise.
+``forward`` returns what ``backward_weight`` needs in ``saved``: the transformed input V of a
+Winograd layer, the columns otherwise.
 """
 import numpy as np
 from numba import njit, prange
 
+from ..reference import conv2d as reference
 from ..reference.conv2d import output_size
 from . import threads, winograd
 
-# Winograd pays once the channels are enough for its 36 products to outweigh its transforms
-# (measured: see docs/cpu.md); below that, im2col and one product.
-WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNELS = 16  # see "winograd" above
+ONE_PRODUCT_MIN_ROWS = 64  # see "one product" above
 
 
-def uses_winograd(x_shape, w_shape, stride, padding, dilation):
-    """Whether this layer runs Winograd's F(4x4, 3x3): 3x3, stride 1, enough channels, and
-    padding at most 2 * dilation (so that grad-input is a Winograd convolution too)."""
+def route(x_shape, w_shape, stride, padding, dilation):
+    """"winograd", "one product" or "reference" for a layer of these shapes (see above).
+
+    Winograd also needs padding <= 2 * dilation, so that grad-input is a Winograd convolution.
+    """
     f, c, kh, kw = w_shape
-    return ((kh, kw) == (3, 3) and tuple(stride) == (1, 1)
-            and min(c, f) >= WINOGRAD_MIN_CHANNELS
-            and all(0 <= p <= 2 * d for p, d in zip(padding, dilation)))
+    if ((kh, kw) == (3, 3) and tuple(stride) == (1, 1) and min(c, f) >= WINOGRAD_MIN_CHANNELS
+            and all(0 <= p <= 2 * d for p, d in zip(padding, dilation))):
+        return "winograd"
+    if x_shape[0] > 1 and c * kh * kw >= ONE_PRODUCT_MIN_ROWS:
+        return "one product"
+    return "reference"
 
 
 class Winograd:
@@ -47,6 +56,13 @@ class Winograd:
 
     def __init__(self, V):
         self.V = V
+
+
+class OneProduct:
+    """What a one-product layer's forward keeps for grad-weight: the columns (K, N*P)."""
+
+    def __init__(self, cols):
+        self.cols = cols
 
 
 # --- the compiled gathers and scatters --------------------------------------------------------------
@@ -149,58 +165,47 @@ def _geometry(x_shape, w_shape, stride, padding, dilation):
     return kh, kw, tuple(stride), tuple(padding), tuple(dilation), ho, wo
 
 
-def _pointwise(w_shape, stride, padding):
-    """A 1x1 convolution with stride 1 and no padding: its columns are x itself."""
-    return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
-
-
 def _to_columns(a):
-    """(N, F, ...) -> (F, N*P): the batch side by side (a view when N is 1)."""
+    """(N, F, ...) -> (F, N*P): the batch side by side."""
     n, f = a.shape[:2]
-    if n == 1:
-        return a.reshape(f, -1)
     out = np.empty((f, a.size // f), a.dtype)
     batch_to_columns(a.reshape(n, f, -1), out)
     return out
-
-
-def _from_columns(Y, bias, shape):
-    """(F, N*P) + bias -> shape (N, F, ...)."""
-    out = np.empty((shape[0], shape[1], Y.shape[1] // shape[0]), Y.dtype)
-    columns_to_batch(Y, np.zeros(shape[1], Y.dtype) if bias is None else bias, out)
-    return out.reshape(shape)
 
 
 def forward(x, w, b, stride, padding, dilation):
     """y = conv2d(x, w) + b. Returns (y, saved); keep saved for grad-weight."""
     threads.adapt()
     x = np.ascontiguousarray(x)
-    if uses_winograd(x.shape, w.shape, stride, padding, dilation):
+    way = route(x.shape, w.shape, stride, padding, dilation)
+    if way == "winograd":
         y, V = winograd.conv(x, w, b, tuple(padding), tuple(dilation))
         return y, Winograd(V)
+    if way == "reference":
+        return reference.forward(x, w, b, stride, padding, dilation)
     n, c = x.shape[:2]
     f = w.shape[0]
     kh, kw, *geometry, ho, wo = _geometry(x.shape, w.shape, stride, padding, dilation)
-    if _pointwise(w.shape, stride, padding):
-        cols = _to_columns(x)
-    else:
-        cols = np.empty((c * kh * kw, n * ho * wo), x.dtype)
-        im2col(x, kh, kw, *geometry, ho, wo, cols)
+    cols = np.empty((c * kh * kw, n * ho * wo), x.dtype)
+    im2col(x, kh, kw, *geometry, ho, wo, cols)
     Y = w.reshape(f, -1) @ cols  # (F, K) @ (K, N*P): one product for the whole batch
-    return _from_columns(Y, b, (n, f, ho, wo)), cols
+    y = np.empty((n, f, ho * wo), x.dtype)
+    columns_to_batch(Y, np.zeros(f, x.dtype) if b is None else b, y)
+    return y.reshape(n, f, ho, wo), OneProduct(cols)
 
 
 def backward_data(gy, w, x_shape, stride, padding, dilation):
     """Gradient with respect to x."""
     threads.adapt()
     gy = np.ascontiguousarray(gy)
-    if uses_winograd(x_shape, w.shape, stride, padding, dilation):
+    way = route(x_shape, w.shape, stride, padding, dilation)
+    if way == "winograd":
         return winograd.backward_data(gy, w, x_shape, tuple(padding), tuple(dilation))
+    if way == "reference":
+        return reference.backward_data(gy, w, x_shape, stride, padding, dilation)
     f = gy.shape[1]
     kh, kw, *geometry, ho, wo = _geometry(x_shape, w.shape, stride, padding, dilation)
     gcols = w.reshape(f, -1).T @ _to_columns(gy)  # (K, F) @ (F, N*P)
-    if _pointwise(w.shape, stride, padding):
-        return _from_columns(gcols, None, tuple(x_shape))
     gx = np.empty(x_shape, gy.dtype)
     col2im(gcols, kh, kw, *geometry, ho, wo, gx)
     return gx
@@ -212,6 +217,8 @@ def backward_weight(gy, saved, w_shape, stride, padding, dilation):
     gy = np.ascontiguousarray(gy)
     if isinstance(saved, Winograd):
         return winograd.backward_weight(gy, saved.V, w_shape, tuple(padding), tuple(dilation))
+    if not isinstance(saved, OneProduct):
+        return reference.backward_weight(gy, saved, w_shape)
     gyc = _to_columns(gy)
-    gw = gyc @ saved.T  # (F, N*P) @ (N*P, K): one product, summed over the batch inside it
+    gw = gyc @ saved.cols.T  # (F, N*P) @ (N*P, K): one product, summed over the batch inside it
     return gw.reshape(w_shape), gyc.sum(axis=1)
