@@ -11,7 +11,7 @@ Here one compiled loop per channel does each pass, the channels spread over the 
 The ReLU never makes an array of its own: it is applied where x is read. Each channel's sums
 run in float64 on one thread in a fixed order, so results do not depend on the thread count.
 Measured on the network's first batchnorm at batch 16 and 128 px (16 x 16 x 64 x 64), one core:
-forward with the ReLU 8.3 ms -> 3.3 ms, backward 10.9 ms -> 2.9 ms (docs/cpu.md).
+forward with the ReLU 7.1 ms -> 3.1 ms, backward 6.0 ms -> 2.3 ms (docs/cpu.md).
 """
 import numpy as np
 from numba import njit, prange

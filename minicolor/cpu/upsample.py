@@ -11,10 +11,9 @@ of matrix products. Here, one image plane per loop turn, the planes spread over 
               weight) coordinates the reference builds its matrices from; backward adds each
               gradient back onto its sources, in a fixed order
 
-Measured on one core, forward + backward (docs/cpu.md): the x2 nearest of group 8 at batch 16
-and 128 px (128 x 16 x 16), 8.3 ms -> 5.2 ms, at batch 1 and 224 px (128 x 28 x 28)
-1.1 ms -> 0.5 ms; the x4 bilinear head (2 x 32 x 32), 1.7 ms -> 1.5 ms,
-and at batch 1 and 224 px (2 x 56 x 56) 0.67 ms -> 0.42 ms.
+Measured on one core, forward + backward (docs/cpu.md): the x2 nearest of group 8, 8.3 ms ->
+5.2 ms at batch 16 and 128 px (128 x 16 x 16), 1.1 ms -> 0.5 ms at batch 1 and 224 px; the x4
+bilinear head, 1.7 ms -> 1.5 ms at batch 16 (2 x 32 x 32), 0.67 ms -> 0.42 ms at batch 1.
 """
 import numpy as np
 from numba import njit, prange

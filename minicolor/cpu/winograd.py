@@ -21,9 +21,9 @@ alpha^2 matrix products of F x C x T multiply-adds replace one of F x 9C x T m^2
 and a few multiplications by small constants, done here as compiled loops.
 
 What it costs in float32: the constants of F(4x4, 3x3) reach 8 (A) and 1/24 (G), so rounding
-errors grow a little. Against the float64 reference the largest difference over the largest
-value is about 1e-6 to 5e-6 (tests/test_cpu_fast.py checks < 1e-4, the GPU tests' tolerance,
-on every layer shape of the network; docs/winograd.md has the figures).
+errors grow. Against the float64 reference the largest difference over the largest value is
+about 1e-5 for a 128-channel layer, where im2col gives 5e-7 (tests/test_cpu_fast.py checks
+< 1e-4, the GPU tests' tolerance, on every layer shape of the network; docs/winograd.md).
 
 Dilation: a 3x3 convolution with dilation d reads every d-th pixel, so it is d^2 independent
 stride-1 convolutions, one per "phase" (rows a, a+d, a+2d, ...; columns b, b+d, ...). The tiles
@@ -39,9 +39,10 @@ The three passes of training:
 Channels last: inside this file every image is held as (rows, columns, channels), so that the
 innermost loops run over channels: the same arithmetic on 16 to 128 neighbouring values, which
 the compiler turns into vector instructions. With the images as NCHW planes the loops ran over
-the 16 to 49 tiles of a plane, gathered pixel by pixel, and took 5 to 8 ns per input value; the
-layout change costs a transpose on the way in and out, and the transforms now take about 2
-(docs/winograd.md).
+the 16 to 49 tiles of a plane, gathered value by value: the transforms of a 128-channel layer
+at batch 16 (16 x 16 pixels) took 8.0 ms, where the transposes in and out plus the transforms
+now take 4.4 ms, and a training step at batch 16 and 128 px went from 1,209 to 692 ms (one
+core). docs/winograd.md tells the story.
 """
 import numpy as np
 from numba import njit, prange
