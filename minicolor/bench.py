@@ -11,8 +11,8 @@ Each figure is the median over ``repeat`` runs after ``warmup`` runs, with the d
 synchronised before every clock read; minicolor's and PyTorch's steps run in turn, one of each
 per round. TFLOP/s counts 2 FLOPs per multiply-add of the conv layers only (they are >99% of
 the arithmetic). On the CPU the steps are in GFLOP/s, beside the machine's peak measured in the
-same run: NumPy's SGEMM on two 2048 x 2048 float32 matrices. Where PyTorch is installed the same workloads
-run in PyTorch, in float32 with TF32 off, on the same device, and the table shows the
+same run: NumPy's SGEMM on two 2048 x 2048 float32 matrices. Where PyTorch is installed the
+same workloads run in PyTorch, in float32 with TF32 off, on the same device, and the table shows the
 ratio minicolor time / PyTorch time (below 1: minicolor is faster). On the GPU the conv
 layers are also timed through the NumPy reference on CuPy (im2col + cuBLAS).
 """

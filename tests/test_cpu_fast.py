@@ -263,6 +263,10 @@ def test_thread_count_follows_the_free_cores(monkeypatch):
     assert threads.others_busy(before, after) == pytest.approx(1.0)
     monkeypatch.setenv("MINICOLOR_THREADS", "3")
     assert threads.requested() == 3
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # the user's limit for NumPy's BLAS holds
+    assert threads.limit() == 1
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    assert threads.limit() == threads.numba.config.NUMBA_NUM_THREADS
     monkeypatch.setenv("MINICOLOR_THREADS", "none")
     with pytest.raises(ValueError, match="MINICOLOR_THREADS must be 'auto' or a positive int, got 'none'"):
         threads.requested()

@@ -4,9 +4,11 @@ One file per op, with the same functions, arguments and results as its reference
 functional.py can run either (``MINICOLOR_CPU=reference`` switches back). Each is checked
 against the reference in tests/test_cpu_fast.py; docs/cpu.md says what each change saves.
 
-    conv2d.py     Winograd F(4x4, 3x3) for 3x3 stride-1 layers (winograd.py); im2col and one
-                  matrix product over the whole batch for the others
-    winograd.py   the transforms of Lavin & Gray's minimal filtering, as compiled loops
+    conv2d.py     three routes by shape: Winograd F(4x4, 3x3) for 3x3 stride-1 layers
+                  (winograd.py), one matrix product over the batch for the strided ones, the
+                  reference for the rest
+    winograd.py   Lavin & Gray's minimal filtering: its transforms as compiled loops
     batchnorm.py  batchnorm and the fused ReLU + batchnorm, one compiled pass at a time
     upsample.py   nearest and bilinear upsampling, each output read from its sources
+    threads.py    how many threads, for Numba's loops and OpenBLAS's products together
 """

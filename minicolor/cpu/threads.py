@@ -7,20 +7,20 @@ then the other), and both use the same number of threads, set here.
 How many? All the cores, unless other processes keep some of them busy. A parallel loop or
 matrix product splits its work into one equal share per thread and ends when the last share is
 done; when another process holds a core, the thread whose core it is waits for its time slice
-(several ms) while the others wait for it, spinning. On the shared 2-core machine (load average
-6 to 9) a batch-1 training step took 1,227 ms with 2 threads and 469 ms with 1 (docs/cpu.md).
+(several ms) while the others wait for it.
 
 So by default (``MINICOLOR_THREADS=auto``) the fast path measures, about once a second, how
 many cores the *other* processes used since the last look (Linux's /proc/stat, minus this
 process's own CPU time), and runs on the cores left: ``round(cores - others)``, at least 1.
 ``MINICOLOR_THREADS=N`` fixes N threads instead. Where /proc/stat is missing (not Linux) auto
-means all cores.
+means all cores. NUMBA_NUM_THREADS and OPENBLAS_NUM_THREADS, when set, are upper limits.
 
 Numba's threads wait without spinning: its "workqueue" threading layer, chosen here (unless
 NUMBA_THREADING_LAYER says otherwise). Its default, OpenMP, keeps its threads spinning for a
-while after each loop, on the cores that OpenBLAS's threads need next: the fight that made the
-2-thread step above 10x slower than the 1-thread one. A workqueue loop costs about 35 us more
-to start (measured here), about 7 ms of a training step's ~200 loops.
+while after each loop, on the cores that OpenBLAS's threads need next. On the shared 2-core
+machine (load average 4) a batch-1 training step took 4,876 ms with 2 OpenMP threads (6 s of
+CPU time per step), 352 ms with 2 workqueue threads and 177 ms with 1 (docs/cpu.md). A
+workqueue loop costs about 35 us more to start, about 7 ms of a training step's ~200 loops.
 The workqueue layer must not be entered from two Python threads at once (Numba stops the
 process): minicolor itself runs its ops from one thread.
 
@@ -82,9 +82,17 @@ def _openblas_setter():
     return None
 
 
+def limit():
+    """The most threads allowed: Numba's pool (NUMBA_NUM_THREADS), and OPENBLAS_NUM_THREADS when
+    the user set it (the advice for the references on a busy machine stays good)."""
+    most = numba.config.NUMBA_NUM_THREADS
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "")
+    return min(most, int(blas)) if blas.isdigit() and int(blas) > 0 else most
+
+
 def set_threads(threads):
     """Run the fast path's loops and NumPy's matrix products on ``threads`` threads."""
-    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    threads = max(1, min(threads, limit()))
     if threads == _state["threads"]:
         return
     numba.set_num_threads(threads)
