@@ -10,7 +10,8 @@ forward + both backward passes, width-16 layers at batch 16 and 128 px (docs/cpu
                F(4x4, 3x3) (winograd.py), 36 multiplications per 16 outputs instead of 144, as
                36 matrix products. group4.2 (128 -> 128, 16 x 16) in 31 ms instead of 77;
                group8.3 (64 -> 64, 32 x 32) 46 instead of 73; group2.0 (16 -> 32, 64 x 64) 53
-               instead of 61. With 8 channels it was no faster than im2col, with 4 twice slower.
+               instead of 61 (in another run 81 against 65: at 16 channels it is close). With 8
+               channels it was no faster than im2col, with 4 twice slower.
 "one product"  other layers with a batch and at least 64 rows of columns (the stride-2 layers):
                im2col and ONE matrix product for the whole batch. The reference keeps the
                columns per image, (N, K, P), and NumPy runs N products of (F x K) @ (K x P),
