@@ -53,8 +53,11 @@ DEVICES = {
 }
 # The one switch back from the fast CPU path to the references: MINICOLOR_CPU=reference in the
 # environment, or ``use_references_on_cpu(True)``.
-if os.environ.get("MINICOLOR_CPU", "fast") == "reference":
-    DEVICES["cpu"] = DEVICES["cpu"]._replace(folders=("reference",))
+CPU_PATHS = {"fast": ("cpu", "reference"), "reference": ("reference",)}
+if os.environ.get("MINICOLOR_CPU", "fast") not in CPU_PATHS:
+    raise ValueError(f"MINICOLOR_CPU must be one of {tuple(CPU_PATHS)}, "
+                     f"got {os.environ['MINICOLOR_CPU']!r}")
+DEVICES["cpu"] = DEVICES["cpu"]._replace(folders=CPU_PATHS[os.environ.get("MINICOLOR_CPU", "fast")])
 
 _FOUND = {}  # (op, folders) -> module
 
@@ -83,8 +86,8 @@ def _exists(name):
 def use_references_on_cpu(on=True):
     """Run the NumPy references on "cpu" (True) or the fast CPU path (False); returns the
     previous setting. The same as MINICOLOR_CPU=reference, for one process from Python."""
-    before = DEVICES["cpu"].folders == ("reference",)
-    DEVICES["cpu"] = DEVICES["cpu"]._replace(folders=("reference",) if on else ("cpu", "reference"))
+    before = DEVICES["cpu"].folders == CPU_PATHS["reference"]
+    DEVICES["cpu"] = DEVICES["cpu"]._replace(folders=CPU_PATHS["reference" if on else "fast"])
     return before
 
 

@@ -6,7 +6,8 @@ arithmetic, which ``backend.implementation(op, device)`` picks from the device o
 (backend.py holds the table, the one place that chooses):
 
     minicolor/reference/<op>.py   NumPy, written against xp: the oracle (every op has one)
-    minicolor/cpu/<op>.py         the fast CPU path ("cpu")
+    minicolor/cpu/<op>.py         the fast CPU path: compiled Numba loops, Winograd ("cpu";
+                                  MINICOLOR_CPU=reference runs the references there instead)
     kernels/<op>.py               hand-written Numba CUDA kernels ("cuda", "sim")
 
 All expose the same functions with the same arguments, so the Function reads the same

@@ -23,6 +23,11 @@ ratio naive / tiled: what tiling buys. ``minicolor_s`` is the version the switch
 (``minicolor.kernels.conv2d.VERSION``) runs in a training step. In the simulator the
 figures are the simulator's (Python threads), not a GPU's: use tiny sizes there, e.g.
 ``minicolor bench --device sim --size 16 --widths 4 --batches 1 --overfit-steps 0``.
+
+minicolor's and PyTorch's steps run in turn, one of each per round, so on a machine whose
+load changes each sees the same conditions. On the CPU the steps are also given in GFLOP/s,
+beside the machine's peak measured in the same run: NumPy's SGEMM on two 2048 x 2048
+float32 matrices.
 """
 import json
 import platform
@@ -76,6 +81,27 @@ def _undescribed(model, twin):
         if missing:
             found.append((name or "the model", type(module).__name__, missing))
     return found
+
+
+def median_times(fns, device, warmup=2, repeat=5):
+    """Median wall time of each of ``fns`` (a dict of callables), run in turn, one of each per
+    round: on a machine whose load changes, each sees the same conditions."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            times[name].append(median_time(fn, device, warmup=0, repeat=1))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_gflops(size=2048, repeat=5):
+    """The CPU's peak as NumPy reaches it: GFLOP/s of a float32 matrix product (SGEMM) of two
+    size x size matrices, on NumPy's BLAS threads (the yardstick for every CPU figure)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    return 2 * size**3 / median_time(lambda: a @ b, "cpu", warmup=1, repeat=repeat) / 1e9
 
 
 def step_flops(model, batch, size):
@@ -202,6 +228,9 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
     torch = torch_available() if torch is None else torch
     results = {"machine": machine(device), "device": device, "size": size, "steps": [],
                "layers": [], "overfit": None}
+    if not backend.runs_kernels(device):  # the CPU: its peak first, while NumPy's BLAS runs on every core
+        results["peak_gflops"] = peak_gflops()
+        log(format_peak(results["peak_gflops"]))
     if torch:
         torch_module, _ = _torch_setup(device)
         if not backend.on_gpu(device):  # PyTorch on the CPU: every core, as NumPy has
@@ -211,12 +240,13 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
         for batch in batches:
             flops = step_flops(model, batch, size)
             row = {"width": width, "batch": batch, "flops": flops}
-            step = minicolor_step(width, batch, size, device)
-            row["minicolor_s"] = median_time(step, device, warmup, repeat)
+            steps = {"minicolor": minicolor_step(width, batch, size, device)}
             if torch:
-                row["torch_s"] = median_time(torch_step(width, batch, size, device), device, warmup, repeat)
+                steps["torch"] = torch_step(width, batch, size, device)
+            for name, seconds in median_times(steps, device, warmup, repeat).items():
+                row[f"{name}_s"] = seconds
             results["steps"].append(row)
-            log(format_step(row))
+            log(format_step(row, results.get("peak_gflops")))
     if layer_batch:
         model = ColorizationNet(layer_width or widths[-1])
         seen = set()
@@ -328,12 +358,23 @@ def _ratio(row):
     return f"{row['minicolor_s'] / row['torch_s']:.2f}" if "torch_s" in row else "-"
 
 
-def format_step(row):
+def format_peak(gflops):
+    return f"peak  NumPy SGEMM 2048x2048 float32: {gflops:7.1f} GFLOP/s"
+
+
+def format_step(row, peak_gflops=None):
+    """One step row; on the CPU (``peak_gflops`` given) rates in GFLOP/s and as % of the peak."""
+    def rate(seconds):
+        if peak_gflops is None:
+            return f"{row['flops'] / seconds / 1e12:6.2f} TFLOP/s"
+        gflops = row["flops"] / seconds / 1e9
+        return f"{gflops:6.1f} GFLOP/s ({100 * gflops / peak_gflops:3.0f}% of peak)"
+
     t = row["minicolor_s"]
-    torch_part = (f" | torch {row['torch_s'] * 1e3:9.1f} ms {row['batch'] / row['torch_s']:8.1f} img/s"
-                  f" | ratio {_ratio(row)}") if "torch_s" in row else ""
+    torch_part = (f" | torch {row['torch_s'] * 1e3:9.1f} ms {row['batch'] / row['torch_s']:8.1f} img/s "
+                  f"{rate(row['torch_s'])} | ratio {_ratio(row)}") if "torch_s" in row else ""
     return (f"step  width {row['width']:3d} batch {row['batch']:3d} | minicolor {t * 1e3:9.1f} ms "
-            f"{row['batch'] / t:8.1f} img/s {row['flops'] / t / 1e12:6.2f} TFLOP/s{torch_part}")
+            f"{row['batch'] / t:8.1f} img/s {rate(t)}{torch_part}")
 
 
 def format_layer(row):

@@ -1,0 +1,157 @@
+"""How many threads the fast CPU path runs: one decision for OpenBLAS and Numba together.
+
+Two thread pools work for the fast path: OpenBLAS's (the matrix products, through NumPy) and
+Numba's (the compiled loops, ``prange``). They never run at the same time (Python calls one,
+then the other), and both use the same number of threads, set here.
+
+How many? All the cores, unless other processes keep some of them busy. A parallel loop or
+matrix product splits its work into one equal share per thread and ends when the last share is
+done; when another process holds a core, the thread whose core it is waits for its time slice
+(several ms) while the others wait for it.
+
+So by default (``MINICOLOR_THREADS=auto``) the fast path measures, about once a second, how
+many cores the *other* processes used since the last look (Linux's /proc/stat, minus this
+process's own CPU time), and runs on the cores left: ``round(cores - others)``, at least 1.
+``MINICOLOR_THREADS=N`` fixes N threads instead. Where /proc/stat is missing (not Linux) auto
+means all cores. NUMBA_NUM_THREADS and OPENBLAS_NUM_THREADS, when set, are upper limits.
+
+Numba's threads wait without spinning: its "workqueue" threading layer, chosen here (unless
+NUMBA_THREADING_LAYER says otherwise). Its default, OpenMP, keeps its threads spinning for a
+while after each loop, on the cores that OpenBLAS's threads need next. On the shared 2-core
+machine (load average 4) a batch-1 training step took 4,876 ms with 2 OpenMP threads (6 s of
+CPU time per step), 352 ms with 2 workqueue threads and 177 ms with 1 (docs/cpu.md). A
+workqueue loop costs about 35 us more to start, about 7 ms of a training step's ~200 loops.
+The workqueue layer must not be entered from two Python threads at once (Numba stops the
+process): minicolor itself runs its ops from one thread.
+
+Results do not depend on the number of threads: every compiled loop gives each output to one
+thread and sums in a fixed order, and OpenBLAS splits a product by rows and columns of the
+result, never along the sum (tests/test_cpu_fast.py checks 1 and 2 threads give the same bits).
+So a run that changes its thread count half-way gives the same numbers as one that does not.
+"""
+import ctypes
+import os
+import time
+
+import numba
+
+from ..backend import cpu_count
+
+INTERVAL = 1.0  # seconds between two looks at how busy the machine is
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"  # takes effect at Numba's first parallel loop
+
+_state = {"threads": None, "last": None, "sample": None}
+
+
+def requested():
+    """MINICOLOR_THREADS as an int, or None for "auto" (the default)."""
+    value = os.environ.get("MINICOLOR_THREADS", "auto")
+    if value == "auto":
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"MINICOLOR_THREADS must be 'auto' or a positive int, got {value!r}")
+    return threads
+
+
+def _openblas_setter():
+    """OpenBLAS's set_num_threads function, from the library NumPy loaded; None if not found.
+
+    NumPy's wheels bundle OpenBLAS with a prefixed, 64-bit-integer symbol name; other builds
+    (a system OpenBLAS) use the plain one. MKL or Accelerate: None, and they keep their threads.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                     "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                return getattr(lib, name)
+    return None
+
+
+def limit():
+    """The most threads allowed: Numba's pool (NUMBA_NUM_THREADS), and OPENBLAS_NUM_THREADS when
+    the user set it (the advice for the references on a busy machine stays good)."""
+    most = numba.config.NUMBA_NUM_THREADS
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "")
+    return min(most, int(blas)) if blas.isdigit() and int(blas) > 0 else most
+
+
+def set_threads(threads):
+    """Run the fast path's loops and NumPy's matrix products on ``threads`` threads."""
+    threads = max(1, min(threads, limit()))
+    if threads == _state["threads"]:
+        return
+    numba.set_num_threads(threads)
+    if "blas" not in _state:
+        import numpy  # noqa: F401  (loads OpenBLAS, so that it is in /proc/self/maps)
+
+        _state["blas"] = _openblas_setter()
+    if _state["blas"] is not None:
+        _state["blas"](threads)
+    _state["threads"] = threads
+
+
+def _sample():
+    """(wall time, CPU time of every process, CPU time of this one), in seconds; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
+    ticks = [int(v) for v in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    own = os.times()
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def others_busy(before, after):
+    """Cores that other processes kept busy between two samples."""
+    wall = after[0] - before[0]
+    return max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / wall) if wall > 0 else 0.0
+
+
+def choose(cores, others):
+    """The threads to run with ``others`` of ``cores`` busy: the cores left, at least one."""
+    return max(1, min(cores, int(cores - others + 0.5)))
+
+
+def adapt():
+    """Called by every fast op: set the thread count (at most once per INTERVAL)."""
+    now = time.monotonic()
+    if _state["last"] is not None and now - _state["last"] < INTERVAL:
+        return
+    _state["last"] = now
+    fixed = requested()
+    cores = cpu_count()
+    if fixed is not None:
+        set_threads(fixed)
+        return
+    sample = _sample()
+    if sample is None:
+        threads = cores
+    elif _state["sample"] is None:  # the first look: the load average, before this process ran
+        threads = choose(cores, os.getloadavg()[0])
+    else:
+        threads = choose(cores, others_busy(_state["sample"], sample))
+    _state["sample"] = sample
+    set_threads(threads)
+
+
+def current():
+    """The thread count the fast path runs with now (None before its first op)."""
+    return _state["threads"]
