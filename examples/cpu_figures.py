@@ -16,7 +16,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy starts
 
 import numpy as np  # noqa: E402
 
-from minicolor import bench, functional as F  # noqa: E402
+from minicolor import backend  # noqa: E402
+from minicolor.tools import bench  # noqa: E402
 from minicolor.cpu import batchnorm as c_batchnorm, conv2d as c_conv2d, upsample as c_upsample  # noqa: E402
 from minicolor.models import ColorizationNet  # noqa: E402
 from minicolor.reference import batchnorm as r_batchnorm, conv2d as r_conv2d, upsample as r_upsample  # noqa: E402
@@ -98,9 +99,9 @@ def steps(batch, size, rounds=5):
 
     def on(path, step):
         def run():
-            F.CPU_PATH = path
+            backend.use_references_on_cpu(path == "reference")
             step()
-            F.CPU_PATH = "fast"
+            backend.use_references_on_cpu(False)
         return run
 
     flops = bench.step_flops(ColorizationNet(16), batch, size)

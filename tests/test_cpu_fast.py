@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from minicolor import functional as F
+from minicolor import backend, functional as F
 from minicolor import gradcheck, optim, tensor
 from minicolor.cpu import batchnorm as c_batchnorm
 from minicolor.cpu import conv2d as c_conv2d
@@ -24,6 +24,7 @@ from minicolor.cpu import winograd
 from minicolor.models import ColorizationNet
 from minicolor.reference import batchnorm as r_batchnorm
 from minicolor.reference import conv2d as r_conv2d
+from minicolor.reference import mse as r_mse
 from minicolor.reference import upsample as r_upsample
 
 
@@ -185,18 +186,26 @@ def test_upsample_matches_reference(rng, shape, scale, mode, dtype):
 
 
 # --- through functional: gradient checks, the switch ----------------------------------------------------
-def test_device_cpu_runs_the_fast_path_and_the_switch_goes_back(monkeypatch):
-    assert F.implementation("conv2d", "cpu") is c_conv2d
-    assert F.implementation("mse", "cpu") is F._REFERENCES["mse"]  # no fast version: it would not pay
-    monkeypatch.setattr(F, "CPU_PATH", "reference")
-    assert F.implementation("conv2d", "cpu") is r_conv2d
-    monkeypatch.setattr(F, "CPU_PATH", "fastest")
-    with pytest.raises(ValueError, match="MINICOLOR_CPU must be 'fast' or 'reference', got 'fastest'"):
-        F.implementation("conv2d", "cpu")
+def test_device_cpu_runs_the_fast_path_and_the_switch_goes_back():
+    assert backend.implementation("conv2d", "cpu") is c_conv2d
+    assert backend.implementation("mse", "cpu") is r_mse  # no fast version: it would not pay
+    assert backend.use_references_on_cpu(True) is False
+    try:
+        assert backend.implementation("conv2d", "cpu") is r_conv2d
+    finally:
+        assert backend.use_references_on_cpu(False) is True
+    assert backend.implementation("conv2d", "cpu") is c_conv2d
+
+
+def test_an_unknown_cpu_path_is_refused():
+    env = dict(os.environ, MINICOLOR_CPU="fastest")
+    out = subprocess.run([sys.executable, "-c", "import minicolor"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "MINICOLOR_CPU must be one of ('fast', 'reference'), got 'fastest'" in out.stderr
 
 
 def test_environment_variable_selects_the_reference():
-    code = "from minicolor import functional as F; print(F.implementation('batchnorm', 'cpu').__name__)"
+    code = "from minicolor import backend; print(backend.implementation('batchnorm', 'cpu').__name__)"
     env = dict(os.environ, MINICOLOR_CPU="reference")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "minicolor.reference.batchnorm"
@@ -275,7 +284,7 @@ def test_thread_count_follows_the_free_cores(monkeypatch):
 # --- a training step ------------------------------------------------------------------------------------
 def training_steps(path, dtype, monkeypatch):
     """Losses of three Adam steps, and the gradients of the first (before any update)."""
-    monkeypatch.setattr(F, "CPU_PATH", path)
+    monkeypatch.setitem(backend.DEVICES, "cpu", backend.DEVICES["cpu"]._replace(folders=backend.CPU_PATHS[path]))
     rng = np.random.default_rng(3)
     net = ColorizationNet(width=2, seed=1, dtype=dtype)
     opt = optim.Adam(net.parameters(), lr=1e-3)

@@ -228,15 +228,15 @@ def run(device="cpu", widths=(16,), batches=(1, 8), size=224, layer_batch=None, 
     torch = torch_available() if torch is None else torch
     results = {"machine": machine(device), "device": device, "size": size, "steps": [],
                "layers": [], "overfit": None}
-    if not backend.runs_kernels(device):  # the CPU: its peak first, while NumPy's BLAS runs on every core
+    models = {width: check_layers(ColorizationNet(width), twin=torch) for width in widths}  # first
+    if not backend.runs_kernels(device):  # the CPU: its peak, while NumPy's BLAS runs on every core
         results["peak_gflops"] = peak_gflops()
         log(format_peak(results["peak_gflops"]))
     if torch:
         torch_module, _ = _torch_setup(device)
         if not backend.on_gpu(device):  # PyTorch on the CPU: every core, as NumPy has
             torch_module.set_num_threads(max(1, backend.cpu_count()))
-    for width in widths:
-        model = check_layers(ColorizationNet(width), twin=torch)  # before anything is timed
+    for width, model in models.items():
         for batch in batches:
             flops = step_flops(model, batch, size)
             row = {"width": width, "batch": batch, "flops": flops}
