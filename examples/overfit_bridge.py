@@ -2,7 +2,7 @@
 
     python examples/overfit_bridge.py                 # 400 steps on the CPU (the main job)
     python examples/overfit_bridge.py --device cuda   # on an NVIDIA GPU (pip install '.[cuda]')
-    OPENBLAS_NUM_THREADS=1 python examples/overfit_bridge.py   # on a busy CPU (see README)
+    MINICOLOR_CPU=reference python examples/overfit_bridge.py  # the NumPy references instead
 
 Prints the loss (MSE per ab value, Lab units) at steps 100, 200 and 400 beside the
 report's figures, the floor that x4 bilinear upsampling puts under it on this photo, the

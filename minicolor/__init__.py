@@ -1,7 +1,8 @@
 """minicolor: a small deep-learning library, written from scratch, that colorizes photos.
 
 Start reading at docs/index.md. The engine is in tensor.py, the layers in functional.py
-(NumPy references in reference/, CUDA kernels in kernels/), the network in models.py.
+(NumPy references in reference/, the fast CPU path in cpu/, CUDA kernels in kernels/; backend.py
+says which runs where), the network in models.py.
 """
 from . import functional, nn, optim
 from .backend import DeviceError, auto_device, cuda_available, keep_freed_memory

@@ -102,6 +102,11 @@ def on_gpu(device):
     return DEVICES[device].gpu
 
 
+def simulated(device):
+    """Whether ``device`` runs the CUDA kernels in Numba's simulator (slow: see minicolor/sim.py)."""
+    return runs_kernels(device) and not on_gpu(device)
+
+
 def runs_kernels(device):
     """Whether ``device`` runs minicolor's own CUDA kernels (kernels/: on a GPU or simulated)."""
     return "kernels" in DEVICES[device].folders

@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, sim
+from . import __version__, backend, sim
 
 
 def _size(text):
@@ -47,14 +47,14 @@ def _plural(n, word):
 def check_sim(device, width, size, passes, what):
     """On the simulator: refuse ``passes`` forward passes' worth of work that would take it
     more than about a minute (sim.py), before anything runs."""
-    if device == "sim":
+    if backend.simulated(device):
         sim.check(width, size, passes, what)
         sim.prepare()
 
 
 def progress_on_sim(device, model, passes):
     """A bar through the layers on the simulator (slow enough to need one); else nothing."""
-    return sim.layer_progress(model, passes) if device == "sim" else contextlib.nullcontext()
+    return sim.layer_progress(model, passes) if backend.simulated(device) else contextlib.nullcontext()
 
 
 def cmd_overfit(args):

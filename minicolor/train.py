@@ -300,20 +300,27 @@ def mean_loss(model, dataset, batch_size):
 
 
 def busy_cpu_note(device):
-    """A line of advice when training on CPU cores that other processes keep busy, else None.
+    """A line about training on CPU cores that other processes keep busy, else None.
 
     NumPy's OpenBLAS splits each matrix product over all cores, and its threads spin while they
     wait for each other; when another process holds a core, every product waits for the thread
     that is not running. One thread was 3 to 7 times faster on a busy 2-core machine
-    (docs/benchmarks.md, *Threads on a busy machine*)."""
+    (docs/benchmarks.md, *Threads on a busy machine*). So the NumPy references get advice; the
+    fast CPU path picks its thread count from the free cores itself (minicolor/cpu/threads.py),
+    and the note only says why training is slower than on an idle machine."""
     cores = backend.cpu_count()
-    if device != "cpu" or cores < 2 or os.environ.get("OPENBLAS_NUM_THREADS") == "1":
+    if backend.runs_kernels(device) or cores < 2:
         return None
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load < cores:
         return None
-    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores); training may run several "
-            "times faster with OPENBLAS_NUM_THREADS=1 set before the command")
+    busy = f"note: the CPU is busy (load {load:.1f} on {cores} cores); "
+    if backend.implementation("conv2d", device).__name__ != "minicolor.reference.conv2d":
+        return busy + "the fast CPU path trains on the cores left free, so more slowly than on an idle machine"
+    if os.environ.get("OPENBLAS_NUM_THREADS") == "1":
+        return None
+    return busy + ("the NumPy references (MINICOLOR_CPU=reference) may train several times faster "
+                   "with OPENBLAS_NUM_THREADS=1 set before the command")
 
 
 def fit_class_weights(model, dataset, seed=0, max_images=512, batch_size=16):

@@ -87,9 +87,8 @@ def test_a_sideways_import_and_a_cycle_are_caught(tmp_path):
 
 
 # --- one place decides from a device name --------------------------------------------------------------
-# Comparisons with a device name outside backend.py that are known and left: the simulator's cost
-# check in the command (the simulator is a mode, sim.py), the trainer's busy-CPU note (advice).
-KNOWN = {("cli.py", "device == 'sim'"), ("train.py", "device != 'cpu'")}
+# Comparisons with a device name outside backend.py that are known and left: none.
+KNOWN = set()
 
 
 def device_name_comparisons():
@@ -116,6 +115,7 @@ def test_device_traits_come_from_the_table():
 
     assert having(backend.on_gpu) == having(backend.captures_graphs) == {"cuda"}
     assert having(backend.runs_kernels) == {"cuda", "sim"}
+    assert having(backend.simulated) == {"sim"}
     assert [backend.torch_device(d) for d in ("cpu", "sim", "cuda")] == ["cpu", "cpu", "cuda"]
     backend.synchronize("cpu")  # nothing to wait for off the GPU: returns at once, without CuPy
 

@@ -101,7 +101,7 @@ def test_the_main_job_prints_the_busy_cpu_note(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(sys, "argv", ["overfit_bridge.py", "--steps", "1", "--out", str(tmp_path)])
     example.main()
     out, err = capsys.readouterr()
-    assert "note: the CPU is busy (load 5.0 on 2 cores)" in err and "OPENBLAS_NUM_THREADS=1" in err
+    assert "note: the CPU is busy (load 5.0 on 2 cores)" in err and "cores left free" in err
     assert "1 steps in" in out
 
 
@@ -109,12 +109,19 @@ def test_busy_cpu_note(monkeypatch):
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     monkeypatch.setattr(backend, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
-    assert "load 5.0 on 2 cores" in train.busy_cpu_note("cpu") and train.busy_cpu_note("cuda") is None
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert train.busy_cpu_note("cpu") is None
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
-    assert train.busy_cpu_note("cpu") is None
+    assert train.busy_cpu_note("sim") is None  # the CUDA kernels, simulated: no BLAS threads
+    fast = train.busy_cpu_note("cpu")  # the fast path: it picks its threads itself
+    assert "load 5.0 on 2 cores" in fast and "cores left free" in fast and "OPENBLAS" not in fast
+    backend.use_references_on_cpu(True)
+    try:  # the references: advice
+        assert "OPENBLAS_NUM_THREADS=1" in train.busy_cpu_note("cpu")
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+        assert train.busy_cpu_note("cpu") is None
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+        assert train.busy_cpu_note("cpu") is None
+    finally:
+        backend.use_references_on_cpu(False)
 
 
 def test_overfit_shows_one_bar_with_its_report_steps_marked(photo, tmp_path, monkeypatch):
