@@ -148,7 +148,9 @@ def cmd_colorize(args):
     targets = output_paths([stem for _, stem in photos], args.out, overwrite=args.overwrite)
     check_writable(targets[0].parent if targets[0] == Path(args.out) else args.out)
     model = load_model_or_shipped(args.weights, device)
-    check_sim(device, model.width, args.size, len(photos), f"colorizing {_plural(len(photos), 'photo')}")
+    model.flip = args.flip
+    check_sim(device, model.width, args.size, len(photos) * (1 + args.flip),
+              f"colorizing {_plural(len(photos), 'photo')}")
     with progress_on_sim(device, model, len(photos)):
         failed = colorize_all(model, photos, targets, args.size)
     if failed:
@@ -212,12 +214,13 @@ def cmd_evaluate(args):
 
     device = resolve_device(args.device)
     model = load_model_or_shipped(args.weights, device)
+    model.flip = args.flip
     images = standard_images() if args.standard else {}
     photos = find_photos(args.images, root=args.root, taken=set(images))
     if not images and not photos:
         raise ValueError("give photos to evaluate, or --standard for the eight standard ones")
     count = len(images) + len(photos)
-    check_sim(device, model.width, args.size, count, f"evaluating {_plural(count, 'photo')}")
+    check_sim(device, model.width, args.size, count * (1 + args.flip), f"evaluating {_plural(count, 'photo')}")
     images.update({name: load_rgb(path) for name, (path, _) in photos.items()})
     with progress_on_sim(device, model, count):
         results = evaluate(model, images, size=args.size)
@@ -295,6 +298,11 @@ def build_parser():
         p.add_argument("--no-graph", action="store_true",
                        help="on cuda, run every step eagerly instead of replaying it as a CUDA "
                             "graph (the graph is the default there; see docs/kernels.md)")
+
+    def flip_option(p):
+        p.add_argument("--flip", action="store_true",
+                       help="average the colors of each photo with those of its mirror image (twice "
+                            "the work; see docs/model-card.md for what it does to the scores)")
 
     def device_option(p):
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "sim"],
@@ -386,6 +394,7 @@ def build_parser():
     p.add_argument("--weights", default=None,
                    help="a weights.npz or checkpoint.npz (default: the weights shipped with minicolor)")
     p.add_argument("--size", type=_size, default=224, help="size the network runs at (default 224)")
+    flip_option(p)
     device_option(p)
     p.set_defaults(run=cmd_colorize)
 
@@ -431,6 +440,7 @@ def build_parser():
     p.add_argument("--weights", default=None,
                    help="a weights.npz or checkpoint.npz (default: the weights shipped with minicolor)")
     p.add_argument("--size", type=_size, default=224, help="size the network runs at (default 224)")
+    flip_option(p)
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     device_option(p)
     p.set_defaults(run=cmd_evaluate)

@@ -49,6 +49,7 @@ class ColorizationNet(Module):
         if head not in HEADS:
             raise ValueError(f"ColorizationNet: head must be one of {HEADS}, got {head!r}")
         self.width, self.seed, self.head_kind = width, seed, head
+        self.flip = False  # predict_ab's default: average with the mirror image (inference only)
         rng = np.random.default_rng(seed)
         m = width
 
@@ -178,7 +179,7 @@ class ColorizationNet(Module):
         """(name, conv, x_shape, y_shape) for every conv in forward order, at this input size."""
         return [row for row in self.layers((batch, 1, size, size)) if isinstance(row[1], Conv2d)]
 
-    def predict_ab(self, l, batch_statistics=False):
+    def predict_ab(self, l, batch_statistics=False, flip=None):
         """L in 0..100, (N, H, W) array -> predicted ab in Lab units, (N, 2, H, W) host array.
 
         Runs without a graph, on the model's device, in eval mode: batchnorm uses its running
@@ -186,7 +187,16 @@ class ColorizationNet(Module):
         statistics instead, as in training (the running estimates are left untouched): that
         is the prediction a training loss measured. Early in a fast-changing training run the
         two differ a lot, because the running estimates still remember the first steps.
+
+        ``flip`` (default: the model's ``flip`` attribute, False unless set) averages the
+        prediction of each photo with that of its mirror image, mirrored back: twice the work,
+        and colors that do not depend on which way the photo faces (``minicolor colorize
+        --flip``; docs/model-card.md says what it does to the scores).
         """
+        if flip if flip is not None else self.flip:
+            n, mirrored = len(l), np.asarray(l)[..., ::-1]
+            both = self.predict_ab(np.concatenate([l, mirrored]), batch_statistics, flip=False)
+            return (both[:n] + both[n:, ..., ::-1]) / 2
         was_training = self.training
         norms = [m for _, m in self.named_modules() if isinstance(m, BatchNorm2d)]
         momenta = [m.momentum for m in norms]

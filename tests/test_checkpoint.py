@@ -21,11 +21,6 @@ from minicolor.checkpoint import CheckpointError, load_model, read_npz, save_wei
 from minicolor.models import ColorizationNet
 
 
-@pytest.fixture(autouse=True)
-def quiet_about_a_busy_cpu(monkeypatch):
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-
-
 def npy(array):
     """The bytes np.save writes for ``array``."""
     buffer = io.BytesIO()

@@ -18,11 +18,6 @@ from minicolor.overfit import overfit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def quiet_about_a_busy_cpu(monkeypatch):
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-
-
 @pytest.fixture
 def photo(tmp_path, rng):
     path = tmp_path / "photo.png"
@@ -92,7 +87,7 @@ def test_sim_below_its_limit_shows_progress(photo, tmp_path):
 
 # --- overfit: the main job, one bar, short runs -------------------------------------------------------
 def test_the_main_job_prints_the_busy_cpu_note(monkeypatch, capsys, tmp_path):
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.setattr(backend, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     spec = importlib.util.spec_from_file_location("overfit_bridge", ROOT / "examples" / "overfit_bridge.py")
@@ -106,7 +101,7 @@ def test_the_main_job_prints_the_busy_cpu_note(monkeypatch, capsys, tmp_path):
 
 
 def test_busy_cpu_note(monkeypatch):
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.setattr(backend, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     assert train.busy_cpu_note("sim") is None  # the CUDA kernels, simulated: no BLAS threads
@@ -117,7 +112,7 @@ def test_busy_cpu_note(monkeypatch):
         assert "OPENBLAS_NUM_THREADS=1" in train.busy_cpu_note("cpu")
         monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
         assert train.busy_cpu_note("cpu") is None
-        monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
         monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
         assert train.busy_cpu_note("cpu") is None
     finally:
@@ -211,3 +206,15 @@ def test_gitignore_covers_what_the_commands_write_by_default():
         path = default if default.endswith(".png") else f"{default}/result.png"
         done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT)
         assert done.returncode == 0, f"{path} (the default output of a command) is not in .gitignore"
+
+
+def test_flip_averages_a_photo_with_its_mirror_image():
+    from minicolor.models import ColorizationNet
+
+    model = ColorizationNet(2, seed=3)
+    l = np.random.default_rng(0).uniform(0, 100, (2, 16, 24)).astype(np.float32)
+    plain, mirrored = model.predict_ab(l), model.predict_ab(l[..., ::-1])[..., ::-1]
+    np.testing.assert_allclose(model.predict_ab(l, flip=True), (plain + mirrored) / 2, rtol=1e-5, atol=1e-4)
+    model.flip = True  # what `--flip` sets: the default of predict_ab
+    np.testing.assert_allclose(model.predict_ab(l), (plain + mirrored) / 2, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(plain, mirrored, atol=1e-3)  # the photo and its mirror image differ

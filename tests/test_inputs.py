@@ -38,12 +38,6 @@ def write_png(path, array, bit_depth, color_type, width=None, height=None):
     return path
 
 
-@pytest.fixture(autouse=True)
-def quiet_about_a_busy_cpu(monkeypatch):
-    """No note about a busy machine in the stderr these tests read (test_first_use.py tests it)."""
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-
-
 @pytest.fixture
 def weights(tmp_path):
     return save_weights(tmp_path / "w.npz", ColorizationNet(2, seed=3))
