@@ -1,6 +1,9 @@
 """Average the weights of several checkpoints of one training run into a float16 weights file.
 
-    python examples/average_weights.py OUT.npz runs/ft/step0100.npz runs/ft/step0200.npz ...
+    python examples/average_weights.py OUT.npz runs/ft/snapshots/*.npz
+
+(the weights that ``minicolor train --snapshot-every N`` keeps along the way; checkpoint.npz
+files of one run work too).
 
 With a constant learning rate, Adam's weights keep jittering around a good region; the mean of
 checkpoints taken along the way (Polyak averaging, as in "stochastic weight averaging") sits
@@ -26,7 +29,8 @@ def average(paths):
         if model_config is not None and shape != {k: v for k, v in model_config.items() if k != "seed"}:
             raise ValueError(f"{path} holds {config['model']}, the first checkpoint {model_config}")
         model_config = config["model"]
-        steps.append(int(arrays["step"]) if "step" in arrays else -1)
+        step = arrays["step"] if "step" in arrays else config.get("step", -1)  # checkpoint or snapshot
+        steps.append(int(step))
         for key, value in arrays.items():
             if key.startswith("model/"):
                 total[key] = total.get(key, 0.0) + value.astype(np.float64)

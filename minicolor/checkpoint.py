@@ -309,6 +309,8 @@ def check_config(path, config):
         trainer = config["trainer"]
         need(isinstance(trainer, dict) and is_int(trainer.get("seed"))
              and is_int(trainer.get("batch_size"), 1), "has a damaged 'trainer' entry")
+    if "step" in config:  # a snapshot's step (Trainer snapshot_every)
+        need(is_int(config["step"], 0), f"gives the step {config['step']!r}; expected an integer >= 0")
     if "history" in config:
         history = config["history"]
         need(isinstance(history, dict) and all(

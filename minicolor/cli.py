@@ -108,6 +108,7 @@ def cmd_train(args):
                       batch_size=args.batch_size, device=device, seed=args.seed,
                       out_dir=args.out, log_every=args.log_every, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+                      snapshot_every=args.snapshot_every,
                       progress=not args.quiet, graph=False if args.no_graph else None)
     if resume_config is not None and "trainer" not in resume_config:
         trainer.load_weights(args.resume)
@@ -371,6 +372,9 @@ def build_parser():
                    help="checkpoint every N steps (default 500)")
     p.add_argument("--sample-every", type=int, default=500,
                    help="save a sample grid every N steps (default 500)")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="keep the weights every N steps as snapshots/stepN.npz, for "
+                        "examples/average_weights.py (default 0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     device_option(p)
     graph_option(p)

@@ -10,6 +10,8 @@ What it leaves in ``out_dir``:
     loss.png             the loss curve (MSE per ab value, Lab units²)
     samples_XXXXXX.png   original | prediction grids, as in the report
     checkpoint.npz       written atomically, read as untrusted input (checkpoint.py)
+    snapshots/stepN.npz  the weights every ``snapshot_every`` steps (examples/average_weights.py
+                         averages them)
 
 On ``cuda`` the step runs as a CUDA graph by default (``graph=None``; see graph.py): a few
 eager warm-up steps, then the whole step captured once and replayed, the batch copied into
@@ -85,7 +87,7 @@ class Trainer:
     def __init__(self, model, train_set, val_set=None, *, lr=1e-4, batch_size=1, optimizer="adam",
                  device="auto", seed=0, out_dir="runs/train", log_every=10, val_every=None,
                  checkpoint_every=None, sample_every=None, n_samples=4, progress=True,
-                 graph=None):
+                 graph=None, snapshot_every=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(train_set) == 0:
@@ -99,6 +101,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.log_every, self.val_every = log_every, val_every
         self.checkpoint_every, self.sample_every = checkpoint_every, sample_every
+        self.snapshot_every = snapshot_every  # weights kept along the way, for averaging
         self.n_samples, self.progress = n_samples, progress
         self.step = 0
         self.losses = LossLog()  # the history, and the losses still on the device
@@ -198,6 +201,9 @@ class Trainer:
                     self.save_samples()
                 if self._due(self.checkpoint_every, steps):
                     self.save_checkpoint()
+                if self._due(self.snapshot_every, steps):
+                    checkpoint.save_weights(self.out_dir / "snapshots" / f"step{self.step:06d}.npz",
+                                            self.model, extra={"step": self.step})
                 line = on_step(self) if on_step is not None else None
                 if line:
                     bar.write(line)

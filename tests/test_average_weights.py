@@ -40,3 +40,30 @@ def test_checkpoints_of_different_networks_are_refused(tmp_path):
              checkpoint(tmp_path / "b.npz", ColorizationNet(3), 2)]
     with pytest.raises(ValueError, match="width"):
         average_weights.average(paths)
+
+
+def test_training_keeps_snapshots_that_average(tmp_path, monkeypatch):
+    from minicolor.train import Trainer
+
+    class Photos:  # two 16 x 16 photos
+        l = np.random.default_rng(0).uniform(0, 100, (2, 16, 16)).astype(np.float32)
+        ab = np.random.default_rng(1).uniform(-20, 20, (2, 2, 16, 16)).astype(np.float32)
+
+        def __len__(self):
+            return 2
+
+        def batch(self, indices, rng=None):
+            return self.l[indices], self.ab[indices]
+
+    trainer = Trainer(ColorizationNet(2), Photos(), batch_size=2, device="cpu", out_dir=tmp_path / "run",
+                      progress=False, snapshot_every=2)
+    trainer.fit(5)
+    snapshots = sorted((tmp_path / "run" / "snapshots").glob("*.npz"))
+    assert [p.name for p in snapshots] == ["step000002.npz", "step000004.npz", "step000005.npz"]
+    np.testing.assert_array_equal(load_model(snapshots[-1]).state_dict()["head.weight"],
+                                  trainer.model.state_dict()["head.weight"])  # the last is the final
+    out = tmp_path / "mean.npz"
+    monkeypatch.setattr(sys, "argv", ["average_weights.py", str(out)] + [str(p) for p in snapshots])
+    average_weights.main()
+    with np.load(out) as f:
+        assert json.loads(str(f["config"]))["averaged_steps"] == [2, 4, 5]
