@@ -85,5 +85,12 @@ def test_kernels_import_and_run_from_the_repository_root(install, tmp_path):
         # the tools ship too: `minicolor kernels` runs this module in a process of its own
         report = _run([python, "-m", "minicolor.tools.kernel_report", "--help"], tmp_path, env)
         assert "usage:" in report and "--dtype" in report
+        # every package of the checkout ships: a missing one would not fail an import, the device
+        # table would quietly run the reference instead of the fast CPU path (found by this test)
+        packages = sorted("minicolor." + p.parent.name for p in (ROOT / "minicolor").glob("*/__init__.py"))
+        table = _run([python, "-c", f"import importlib\nfor p in {packages!r}: importlib.import_module(p)\n"
+                      "from minicolor import backend\nprint(backend.implementation('conv2d', 'cpu').__name__)"],
+                     tmp_path, env)
+        assert table.strip() == "minicolor.cpu.conv2d"
     assert "usage: minicolor kernels" in _run([python, "-m", "minicolor.cli", "kernels", "--help"], repo, env)
     assert "sim ok" in _run([python, "-c", SIM_CHECK], repo, env)
