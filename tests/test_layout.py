@@ -9,7 +9,7 @@ thing Python finds: that is where a ``package-dir`` mapping used to fail after a
 
 Each case gets a fresh virtual environment without minicolor, which borrows this
 environment's packages (NumPy, Numba, pip, setuptools) through a .pth file, so nothing is
-downloaded and nothing is compiled.
+compiled, and nothing downloaded where this environment's setuptools can build a wheel.
 """
 import os
 import shutil
@@ -59,6 +59,19 @@ def _bare_venv(path):
     return python
 
 
+def _build_isolation():
+    """pip's flag for building minicolor: this environment's setuptools where it can build a
+    wheel (70.1 and newer carry bdist_wheel; older ones need the wheel package), else pip's own
+    isolated build environment (it fetches setuptools: the README's fresh venv has an old one)."""
+    from importlib import metadata, util
+
+    try:
+        major, minor = (int(p) for p in metadata.version("setuptools").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return []
+    return ["--no-build-isolation"] if (major, minor) >= (70, 1) or util.find_spec("wheel") else []
+
+
 def _run(args, cwd, env=None):
     run = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=240)
     assert run.returncode == 0, f"{' '.join(map(str, args))} failed:\n{run.stdout}\n{run.stderr}"
@@ -76,7 +89,7 @@ def test_kernels_import_and_run_from_the_repository_root(install, tmp_path):
         env["PYTHONPATH"] = str(repo)
     else:
         flags = ["-e"] if install.endswith("-e .") else []
-        _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *flags, "."], repo)
+        _run([python, "-m", "pip", "install", "-q", "--no-deps", *_build_isolation(), *flags, "."], repo)
     where = _run([python, "-c", "import minicolor.kernels as k; print(k.__file__)"], repo, env)
     if install == "pip install .":  # the checkout's minicolor/ comes first, and it is whole
         assert str(repo) in where
