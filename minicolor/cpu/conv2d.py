@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from ..reference import conv2d as reference
 from ..reference.conv2d import output_size
-from . import threads, winograd
+from . import products, threads, winograd
 
 WINOGRAD_MIN_CHANNELS = 16  # see "winograd" above
 ONE_PRODUCT_MIN_ROWS = 64  # see "one product" above
@@ -189,7 +189,7 @@ def forward(x, w, b, stride, padding, dilation):
     kh, kw, *geometry, ho, wo = _geometry(x.shape, w.shape, stride, padding, dilation)
     cols = np.empty((c * kh * kw, n * ho * wo), x.dtype)
     im2col(x, kh, kw, *geometry, ho, wo, cols)
-    Y = w.reshape(f, -1) @ cols  # (F, K) @ (K, N*P): one product for the whole batch
+    Y = products.by_columns(w.reshape(f, -1), cols, pieces=n)  # (F, K) @ (K, N*P)
     y = np.empty((n, f, ho * wo), x.dtype)
     columns_to_batch(Y, np.zeros(f, x.dtype) if b is None else b, y)
     return y.reshape(n, f, ho, wo), OneProduct(cols)
@@ -206,7 +206,7 @@ def backward_data(gy, w, x_shape, stride, padding, dilation):
         return reference.backward_data(gy, w, x_shape, stride, padding, dilation)
     f = gy.shape[1]
     kh, kw, *geometry, ho, wo = _geometry(x_shape, w.shape, stride, padding, dilation)
-    gcols = w.reshape(f, -1).T @ _to_columns(gy)  # (K, F) @ (F, N*P)
+    gcols = products.by_columns(w.reshape(f, -1).T, _to_columns(gy), pieces=gy.shape[0])  # (K, F) @ (F, N*P)
     gx = np.empty(x_shape, gy.dtype)
     col2im(gcols, kh, kw, *geometry, ho, wo, gx)
     return gx
@@ -221,5 +221,5 @@ def backward_weight(gy, saved, w_shape, stride, padding, dilation):
     if not isinstance(saved, OneProduct):
         return reference.backward_weight(gy, saved, w_shape)
     gyc = _to_columns(gy)
-    gw = gyc @ saved.cols.T  # (F, N*P) @ (N*P, K): one product, summed over the batch inside it
+    gw = products.by_columns(gyc, saved.cols.T, pieces=2)  # (F, N*P) @ (N*P, K): summed over the batch inside
     return gw.reshape(w_shape), gyc.sum(axis=1)

@@ -1,8 +1,12 @@
-"""How many threads the fast CPU path runs: one decision for OpenBLAS and Numba together.
+"""How many threads the fast CPU path runs, for Numba's loops and the matrix products together.
 
-Two thread pools work for the fast path: OpenBLAS's (the matrix products, through NumPy) and
-Numba's (the compiled loops, ``prange``). They never run at the same time (Python calls one,
-then the other), and both use the same number of threads, set here.
+Two kinds of threads work for the fast path: Numba's (the compiled loops, ``prange``) and a
+few Python threads that share out the matrix products (products.py), each product on ONE
+thread of OpenBLAS. They never run at the same time (Python calls one, then the other), and
+both use the same number of threads, set here. OpenBLAS itself is held to one thread: its
+own threads spin after every product, on the cores that Numba's loops need next
+(products.py has the figures). NumPy's products elsewhere in the process then run on one
+thread too; ``openblas_threads`` sets them back.
 
 How many? All the cores, unless other processes keep some of them busy. A parallel loop or
 matrix product splits its work into one equal share per thread and ends when the last share is
@@ -90,19 +94,29 @@ def limit():
     return min(most, int(blas)) if blas.isdigit() and int(blas) > 0 else most
 
 
-def set_threads(threads):
-    """Run the fast path's loops and NumPy's matrix products on ``threads`` threads."""
-    threads = max(1, min(threads, limit()))
-    if threads == _state["threads"]:
-        return
-    numba.set_num_threads(threads)
+def openblas_threads(threads):
+    """Let OpenBLAS (NumPy's matrix products) run on ``threads`` threads; False if it cannot be
+    found (MKL, Accelerate: they keep their own threads)."""
     if "blas" not in _state:
         import numpy  # noqa: F401  (loads OpenBLAS, so that it is in /proc/self/maps)
 
         _state["blas"] = _openblas_setter()
-    if _state["blas"] is not None:
-        _state["blas"](threads)
-    _state["threads"] = threads
+    if _state["blas"] is None:
+        return False
+    _state["blas"](threads)
+    _state["blas threads"] = threads
+    return True
+
+
+def set_threads(threads):
+    """Run the fast path's loops and its shares of matrix products on ``threads`` threads (each
+    product on one thread of OpenBLAS)."""
+    threads = max(1, min(threads, limit()))
+    if _state.get("blas threads", 0) != 1:
+        openblas_threads(1)
+    if threads != _state["threads"]:
+        numba.set_num_threads(threads)
+        _state["threads"] = threads
 
 
 def _sample():

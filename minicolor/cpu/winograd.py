@@ -47,6 +47,8 @@ core). docs/winograd.md tells the story.
 import numpy as np
 from numba import njit, prange
 
+from . import products
+
 # F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray, section 4.2).
 BT = np.array([[4, 0, -5, 0, 1, 0],
                [0, -4, -4, 1, 1, 0],
@@ -245,6 +247,11 @@ def output_transform_adjoint(g_last, row0, col0, dilation, dM):
                 o0[o], o1[o], o2[o], o3[o], o4[o], o5[o] = e0, e1, e2, e3, e4, e5
 
 
+def _pieces(columns):
+    """Into how many products the weight transform's is cut: 4 when it is large."""
+    return 4 if columns >= 4096 else 1
+
+
 def weight_transform(w):
     """U[(i, j), c, f] = (G g G^T)[i, j] for each 3x3 filter g = w[f, c].
 
@@ -253,13 +260,14 @@ def weight_transform(w):
     """
     f, c = w.shape[:2]
     columns = w.transpose(2, 3, 1, 0).reshape(9, c * f)  # (a, b) x (c, f)
-    return (np.kron(G, G).astype(w.dtype) @ columns).reshape(ALPHA * ALPHA, c, f)
+    return products.by_columns(np.kron(G, G).astype(w.dtype), columns, pieces=_pieces(c * f)).reshape(ALPHA * ALPHA, c, f)
 
 
 def weight_transform_adjoint(dU, w_shape):
     """gw[f, c] = G^T dU[f, c] G for every filter: the transpose of weight_transform's product."""
     f, c = w_shape[:2]
-    columns = np.kron(G, G).T.astype(dU.dtype) @ dU.reshape(ALPHA * ALPHA, c * f)  # (9, C*F)
+    columns = products.by_columns(np.kron(G, G).T.astype(dU.dtype), dU.reshape(ALPHA * ALPHA, c * f),
+                                  pieces=_pieces(c * f))  # (9, C*F)
     return np.ascontiguousarray(columns.reshape(3, 3, c, f).transpose(3, 2, 0, 1))
 
 
@@ -272,7 +280,7 @@ def conv(x, w, b, padding, dilation):
     channels_last(x, padding[0], padding[1], padded)
     V = np.empty((ALPHA * ALPHA, tiles.count, tiles.c), x.dtype)
     input_transform(padded, tiles.row0, tiles.col0, dilation, V)
-    M = np.matmul(V, weight_transform(w))  # alpha^2 products (T x C) @ (C x F)
+    M = products.stacked(V, weight_transform(w))  # alpha^2 products (T x C) @ (C x F)
     y_last = np.empty((tiles.n, tiles.rows, tiles.cols, f), x.dtype)
     output_transform(M, tiles.row0, tiles.col0, dilation, y_last)
     y = np.empty((tiles.n, f, tiles.ho, tiles.wo), x.dtype)
@@ -299,5 +307,5 @@ def backward_weight(gy, V, w_shape, padding, dilation):
     channels_last(gy, 0, 0, g_last)
     dM = np.empty((ALPHA * ALPHA, tiles.count, f), gy.dtype)
     output_transform_adjoint(g_last, tiles.row0, tiles.col0, dilation, dM)
-    dU = np.matmul(V.transpose(0, 2, 1), dM)  # alpha^2 products (C x T) @ (T x F): (alpha^2, C, F)
+    dU = products.stacked(V.transpose(0, 2, 1), dM)  # alpha^2 products (C x T) @ (T x F): (alpha^2, C, F)
     return weight_transform_adjoint(dU, w_shape), gy.sum(axis=(0, 2, 3))
