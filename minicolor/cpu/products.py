@@ -21,6 +21,7 @@ one thread of OpenBLAS gives the same bits on any thread. Only who computes whic
 changes.
 """
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
@@ -39,24 +40,31 @@ def _executor(workers):
     return _pool["executor"]
 
 
-def _multiply(products):
-    for a, b, out in products:
-        np.matmul(a, b, out=out)
+def _do(jobs):
+    for job in jobs:
+        job()
+
+
+def share(jobs):
+    """Call every job (a function of no arguments) in ``jobs``, the list shared out in contiguous
+    runs over ``threads.current()`` threads: the caller takes the first run, pool threads the
+    rest. The jobs must be independent, and must let go of Python's lock for their long parts
+    (NumPy's matmul does, and Numba's functions compiled with ``nogil=True``)."""
+    count = min(threads.current() or 1, len(jobs))
+    if count <= 1:
+        _do(jobs)
+        return
+    bounds = [len(jobs) * i // count for i in range(count + 1)]
+    runs = [jobs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+    pending = [_executor(count - 1).submit(_do, run) for run in runs[1:]]
+    _do(runs[0])
+    for job in pending:
+        job.result()
 
 
 def run(products):
-    """out = a @ b for every (a, b, out) in ``products``, the list shared out in contiguous runs
-    over ``threads.current()`` threads: the caller takes the first run, pool threads the rest."""
-    count = min(threads.current() or 1, len(products))
-    if count <= 1:
-        _multiply(products)
-        return
-    bounds = [len(products) * i // count for i in range(count + 1)]
-    shares = [products[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
-    pending = [_executor(count - 1).submit(_multiply, share) for share in shares[1:]]
-    _multiply(shares[0])
-    for job in pending:
-        job.result()
+    """out = a @ b for every (a, b, out) in ``products``, shared out over the threads."""
+    share([partial(np.matmul, a, b, out=out) for a, b, out in products])
 
 
 def stacked(a, b, out=None):
