@@ -139,6 +139,38 @@ def _a(g0, g1, g2, g3, two, four, eight):
 
 
 @njit(cache=True, inline="always")
+def _row_channels_last(x, img, row, line, left):
+    """line[left + s, c] = x[img, c, row, s]: one image row turned channels last, in blocks of
+    8 channels x 8 pixels, so that each write is 8 neighbouring values (one at a time, with
+    8 to 128 channels between them, the same copy was 2 to 3 times slower)."""
+    c, w = x.shape[1], x.shape[3]
+    for c0 in range(0, c - c % 8, 8):
+        for s in range(w):
+            dst = line[left + s, c0:c0 + 8]
+            for b in range(8):
+                dst[b] = x[img, c0 + b, row, s]
+    for ch in range(c - c % 8, c):
+        src = x[img, ch, row]
+        for s in range(w):
+            line[left + s, ch] = src[s]
+
+
+@njit(cache=True, inline="always")
+def _row_channels_first(line, bias, y, img, row):
+    """y[img, f, row, s] = line[s, f] + bias[f]: the way back, in the same blocks."""
+    f, w = y.shape[1], y.shape[3]
+    for f0 in range(0, f - f % 8, 8):
+        for b in range(8):
+            dst, add = y[img, f0 + b, row], bias[f0 + b]
+            for s in range(w):
+                dst[s] = line[s, f0 + b] + add
+    for o in range(f - f % 8, f):
+        dst, add = y[img, o, row], bias[o]
+        for s in range(w):
+            dst[s] = line[s, o] + add
+
+
+@njit(cache=True, inline="always")
 def _rows_channels_last(x, img, first, step, left, band):
     """band[u, left + s, c] = x[img, c, first + step*u, s]; zeros where the row is outside x
     and in the columns around it."""
@@ -152,10 +184,7 @@ def _rows_channels_last(x, img, first, step, left, band):
             continue
         line[:left, :] = zero
         line[left + w:, :] = zero
-        for ch in range(c):
-            src = x[img, ch, row]
-            for s in range(w):
-                line[left + s, ch] = src[s]
+        _row_channels_last(x, img, row, line, left)
 
 
 @njit(parallel=True, cache=True)
@@ -221,11 +250,7 @@ def output_transform(M, bias, dilation, row_starts, col_starts, cols, y):
         for r in range(4):  # the band out to y, channels first, plus the bias
             row = row_starts[ti] + dh * r
             if row < ho:
-                line = band[r]
-                for o in range(f):
-                    dst, b = y[img, o, row], bias[o]
-                    for s in range(wo):
-                        dst[s] = line[s, o] + b
+                _row_channels_first(band[r], bias, y, img, row)
 
 
 @njit(parallel=True, cache=True)
