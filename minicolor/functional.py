@@ -37,7 +37,8 @@ class Conv2d(Function):
     def backward(self, gy):
         geometry = (self.stride, self.padding, self.dilation)
         x, w = self.inputs[0], self.inputs[1]
-        gx = self.impl.backward_data(gy, self.w, self.x_shape, *geometry) if x.requires_grad else None
+        gx = (self.impl.backward_data(gy, self.w, self.x_shape, *geometry, saved=self.saved)
+              if x.requires_grad else None)
         gw = gb = None
         if w.requires_grad or (self.has_bias and self.inputs[2].requires_grad):
             gw, gb = self.impl.backward_weight(gy, self.saved, self.w_shape, *geometry)

@@ -62,8 +62,8 @@ CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation)
     (1, 16, 5, 6, 16, 3, 1, 0, 1),     # Winograd without padding (grad-input padded by 2)
     (1, 16, 6, 11, 16, 3, 1, 3, 2),    # Winograd, padding 3 with dilation 2
     (2, 16, 9, 9, 16, 3, 1, 4, 2),     # padding 4 = 2 * dilation: still Winograd
-    (1, 16, 7, 7, 16, 3, 1, 3, 1),     # padding 3 > 2 * dilation: not Winograd (grad-input would crop)
-    (2, 16, 7, 7, 16, 3, 1, 3, 1),     # the same with a batch
+    (1, 16, 7, 7, 16, 3, 1, 3, 1),     # Winograd, padding 3 > 2 * dilation
+    (2, 16, 7, 7, 16, 3, 1, 0, 2),     # Winograd, dilation 2 without padding: grad-input reaches the edges
     (2, 16, 8, 8, 16, 3, 2, 1, 1),     # enough channels, but stride 2: im2col
     (3, 8, 7, 9, 5, 3, 2, 2, 2),       # stride 2 with dilation 2, odd batch
     (2, 64, 5, 6, 3, 1, 1, 0, 1),      # a 1x1 with 64 input channels
@@ -140,6 +140,21 @@ def test_written_out_transforms_match_the_matrices(rng):
     np.testing.assert_allclose(winograd._at.py_func(*d, 2.0, 4.0, 8.0), winograd.AT @ d, atol=1e-13)
     np.testing.assert_allclose(winograd._a.py_func(*d[:4], 2.0, 4.0, 8.0), winograd.AT.T @ d[:4],
                                atol=1e-13)
+    np.testing.assert_allclose(winograd._b.py_func(*d, 2.0, 4.0, 5.0), winograd.BT.T @ d, atol=1e-13)
+
+
+def test_grad_input_from_the_forward_pass_matches_one_without_it(rng):
+    """backward_data reuses forward's transformed filters when given them, and gives the same."""
+    x = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((20, 16, 3, 3)).astype(np.float32)
+    geometry = ((1, 1), (2, 2), (2, 2))
+    y, saved = c_conv2d.forward(x, w, None, *geometry)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    with_saved = c_conv2d.backward_data(gy, w, x.shape, *geometry, saved=saved)
+    assert np.array_equal(with_saved, c_conv2d.backward_data(gy, w, x.shape, *geometry))
+    gw, _ = c_conv2d.backward_weight(gy, saved, w.shape, *geometry)  # reuses dM from grad-input
+    assert np.array_equal(gw, c_conv2d.backward_weight(gy, c_conv2d.forward(x, w, None, *geometry)[1],
+                                                       w.shape, *geometry)[0])
 
 
 def test_winograd_float32_error_is_small(rng):

@@ -23,22 +23,11 @@ WINOGRAD_MIN_CHANNELS = 16  # see "winograd" above
 
 
 def route(x_shape, w_shape, stride, padding, dilation):
-    """"winograd" or "im2col" for a layer of these shapes (see above).
-
-    Winograd also needs padding <= 2 * dilation, so that grad-input is a Winograd convolution.
-    """
+    """"winograd" or "im2col" for a layer of these shapes (see above)."""
     f, c, kh, kw = w_shape
-    if ((kh, kw) == (3, 3) and tuple(stride) == (1, 1) and min(c, f) >= WINOGRAD_MIN_CHANNELS
-            and all(0 <= p <= 2 * d for p, d in zip(padding, dilation))):
+    if (kh, kw) == (3, 3) and tuple(stride) == (1, 1) and min(c, f) >= WINOGRAD_MIN_CHANNELS:
         return "winograd"
     return "im2col"
-
-
-class Winograd:
-    """What a Winograd layer's forward keeps for grad-weight: the transformed input V."""
-
-    def __init__(self, V):
-        self.V = V
 
 
 def forward(x, w, b, stride, padding, dilation):
@@ -47,18 +36,20 @@ def forward(x, w, b, stride, padding, dilation):
     x = np.ascontiguousarray(x)
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
     if route(x.shape, w.shape, stride, padding, dilation) == "winograd":
-        y, V = winograd.conv(x, w, b, padding, dilation)
-        return y, Winograd(V)
+        return winograd.conv(x, w, b, padding, dilation)
     return im2col.forward(x, np.ascontiguousarray(w), b, stride, padding, dilation)
 
 
-def backward_data(gy, w, x_shape, stride, padding, dilation):
-    """Gradient with respect to x."""
+def backward_data(gy, w, x_shape, stride, padding, dilation, saved=None):
+    """Gradient with respect to x. ``saved``, what forward returned, lets a Winograd layer reuse
+    its transformed filters (without it, forward's transforms are made again here)."""
     threads.adapt()
     gy = np.ascontiguousarray(gy)
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
     if route(x_shape, w.shape, stride, padding, dilation) == "winograd":
-        return winograd.backward_data(gy, w, x_shape, padding, dilation)
+        if saved is None:
+            saved = winograd.Saved(None, winograd.weight_transform(w))
+        return winograd.backward_data(gy, saved, tuple(x_shape), padding, dilation)
     return im2col.backward_data(gy, np.ascontiguousarray(w), tuple(x_shape), stride, padding, dilation)
 
 
@@ -67,6 +58,6 @@ def backward_weight(gy, saved, w_shape, stride, padding, dilation):
     threads.adapt()
     gy = np.ascontiguousarray(gy)
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
-    if isinstance(saved, Winograd):
-        return winograd.backward_weight(gy, saved.V, w_shape, padding, dilation)
+    if isinstance(saved, winograd.Saved):
+        return winograd.backward_weight(gy, saved, w_shape, padding, dilation)
     return im2col.backward_weight(gy, saved, tuple(w_shape), stride, padding, dilation)

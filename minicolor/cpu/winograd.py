@@ -139,6 +139,17 @@ def _a(g0, g1, g2, g3, two, four, eight):
 
 
 @njit(cache=True, inline="always")
+def _b(y0, y1, y2, y3, y4, y5, two, four, five):
+    """B y along one axis (the adjoint of B^T): 6 transformed gradients -> 6 input gradients."""
+    return (four * y0,
+            four * (y2 - y1) + two * (y4 - y3) + four * y5,
+            -(five * y0 + four * (y1 + y2) + y3 + y4),
+            y1 - y2 + two * (y3 - y4) - five * y5,
+            y0 + y1 + y2 + y3 + y4,
+            y5)
+
+
+@njit(cache=True, inline="always")
 def _row_channels_last(x, img, row, line, left):
     """line[left + s, c] = x[img, c, row, s]: one image row turned channels last, in blocks of
     8 channels x 8 pixels, so that each write is 8 neighbouring values (one at a time, with
@@ -168,6 +179,21 @@ def _row_channels_first(line, bias, y, img, row):
         dst, add = y[img, o, row], bias[o]
         for s in range(w):
             dst[s] = line[s, o] + add
+
+
+@njit(cache=True, inline="always")
+def _add_row_channels_first(line, left, gx, img, row):
+    """gx[img, c, row, s] += line[left + s, c]: a band row added back into an NCHW image."""
+    c, w = gx.shape[1], gx.shape[3]
+    for c0 in range(0, c - c % 8, 8):
+        for b in range(8):
+            dst, src = gx[img, c0 + b, row], line[left:left + w]
+            for s in range(w):
+                dst[s] += src[s, c0 + b]
+    for ch in range(c - c % 8, c):
+        dst, src = gx[img, ch, row], line[left:left + w]
+        for s in range(w):
+            dst[s] += src[s, ch]
 
 
 @njit(cache=True, inline="always")
@@ -216,6 +242,50 @@ def input_transform(x, padding, dilation, row_starts, col_starts, cols, V):
                 for ch in range(c):
                     e0, e1, e2, e3, e4, e5 = _bt(a0[ch], a1[ch], a2[ch], a3[ch], a4[ch], a5[ch], two, four, five)
                     o0[ch], o1[ch], o2[ch], o3[ch], o4[ch], o5[ch] = e0, e1, e2, e3, e4, e5
+
+
+@njit(parallel=True, cache=True)
+def input_transform_adjoint(dV, padding, dilation, row_starts, per_phase, col_starts, cols, sweep, gx):
+    """gx[n, c] += B dV B^T of every tile, put back where the tile's 6 x 6 inputs came from (the
+    adjoint of input_transform), for the rows of tiles whose number within their phase has the
+    parity ``sweep``. Two neighbouring rows of tiles share 2 input rows; within one sweep no two
+    share any, so the turns never write the same pixel, and each pixel adds its tiles in the
+    same order whatever the thread count. Padding is dropped."""
+    n, c, h, w = gx.shape
+    (ph, pw), (dh, dw) = padding, dilation
+    rows_of_tiles, per_row = row_starts.shape[0], col_starts.shape[0]
+    two, four, five = dV.dtype.type(2), dV.dtype.type(4), dV.dtype.type(5)
+    for job in prange(n * rows_of_tiles):
+        img, ti = job // rows_of_tiles, job % rows_of_tiles
+        if (ti % per_phase) % 2 != sweep:
+            continue
+        band = np.zeros((6, cols, c), dV.dtype)  # the 6 padded input rows under this row of tiles
+        half = np.empty((6, 6, c), dV.dtype)  # dV B^T
+        for tj in range(per_row):
+            t, q = job * per_row + tj, col_starts[tj]
+            for i in range(6):  # along the rows of the transformed tile
+                a0, a1, a2 = dV[6 * i, t], dV[6 * i + 1, t], dV[6 * i + 2, t]
+                a3, a4, a5 = dV[6 * i + 3, t], dV[6 * i + 4, t], dV[6 * i + 5, t]
+                h0, h1, h2, h3, h4, h5 = half[i, 0], half[i, 1], half[i, 2], half[i, 3], half[i, 4], half[i, 5]
+                for ch in range(c):
+                    e0, e1, e2, e3, e4, e5 = _b(a0[ch], a1[ch], a2[ch], a3[ch], a4[ch], a5[ch], two, four, five)
+                    h0[ch], h1[ch], h2[ch], h3[ch], h4[ch], h5[ch] = e0, e1, e2, e3, e4, e5
+            for v in range(6):  # then down its columns, added into the band
+                col = q + dw * v
+                m0, m1, m2, m3, m4, m5 = half[0, v], half[1, v], half[2, v], half[3, v], half[4, v], half[5, v]
+                d0, d1, d2, d3, d4, d5 = band[0, col], band[1, col], band[2, col], band[3, col], band[4, col], band[5, col]
+                for ch in range(c):
+                    e0, e1, e2, e3, e4, e5 = _b(m0[ch], m1[ch], m2[ch], m3[ch], m4[ch], m5[ch], two, four, five)
+                    d0[ch] += e0
+                    d1[ch] += e1
+                    d2[ch] += e2
+                    d3[ch] += e3
+                    d4[ch] += e4
+                    d5[ch] += e5
+        for u in range(6):  # the band back into gx, padding dropped
+            row = row_starts[ti] + dh * u - ph
+            if 0 <= row < h:
+                _add_row_channels_first(band[u], pw, gx, img, row)
 
 
 @njit(parallel=True, cache=True)
@@ -309,35 +379,62 @@ def weight_transform_adjoint(dU, w_shape):
 
 
 # --- the three passes ---------------------------------------------------------------------------
+class Saved:
+    """What forward keeps for the backward passes: the transformed input V (for grad-weight) and
+    the transformed filters U (for grad-input); grad-input leaves the transformed output
+    gradient dM here for grad-weight, with the gy it came from."""
+
+    def __init__(self, V, U):
+        self.V, self.U = V, U
+        self.dM, self.dM_of = None, None
+
+
 def conv(x, w, b, padding, dilation):
-    """y = conv2d(x, w) + b for a 3x3 kernel, stride 1. Returns (y, V): V for grad-weight."""
+    """y = conv2d(x, w) + b for a 3x3 kernel, stride 1. Returns (y, Saved(V, U))."""
     tiles = Tiles(x.shape, padding, dilation)
     f = w.shape[0]
     V = np.empty((ALPHA * ALPHA, tiles.count, tiles.c), x.dtype)
     input_transform(x, tuple(padding), tuple(dilation), tiles.row_starts, tiles.col_starts, tiles.cols, V)
-    M = products.stacked(V, weight_transform(w))  # alpha^2 products (T x C) @ (C x F)
+    U = weight_transform(w)
+    M = products.stacked(V, U)  # alpha^2 products (T x C) @ (C x F)
     y = np.empty((tiles.n, f, tiles.ho, tiles.wo), x.dtype)
     output_transform(M, np.zeros(f, x.dtype) if b is None else b, tuple(dilation),
                      tiles.row_starts, tiles.col_starts, tiles.cols, y)
-    return y, V
+    return y, Saved(V, U)
 
 
-def backward_data(gy, w, x_shape, padding, dilation):
-    """gx: the stride-1 convolution of gy with w turned 180 degrees, channels swapped."""
+def _output_gradient(gy, saved, c, padding, dilation):
+    """(tiles, dM): the tiles of the forward pass, and dM = A gY A^T for each of them; made once
+    per gy and kept in ``saved`` for the second backward pass."""
     (ph, pw), (dh, dw) = padding, dilation
-    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-    gx, _ = conv(gy, flipped, None, (2 * dh - ph, 2 * dw - pw), dilation)
-    assert gx.shape == tuple(x_shape), (gx.shape, x_shape)
+    n, f, ho, wo = gy.shape
+    tiles = Tiles((n, c, ho - 2 * ph + 2 * dh, wo - 2 * pw + 2 * dw), padding, dilation)
+    if saved.dM_of is not gy:
+        saved.dM = np.empty((ALPHA * ALPHA, tiles.count, f), gy.dtype)
+        output_transform_adjoint(gy, tuple(dilation), tiles.row_starts, tiles.col_starts, tiles.cols, saved.dM)
+        saved.dM_of = gy
+    return tiles, saved.dM
+
+
+def backward_data(gy, saved, x_shape, padding, dilation):
+    """gx: the forward pass run backwards, gx = B [ (A gY A^T) U^T ] B^T, reusing the forward's U.
+
+    The forward pass is y = A^T [ (V U) ] A with V = B^T x B, all linear; its adjoint takes the
+    transformed output gradient dM = A gY A^T (which grad-weight needs too), multiplies by U^T
+    (36 products (T x F) @ (F x C)) and brings each tile back with B ... B^T, adding up where
+    the tiles overlap."""
+    tiles, dM = _output_gradient(gy, saved, x_shape[1], padding, dilation)
+    dV = products.stacked(dM, saved.U.transpose(0, 2, 1))
+    gx = np.zeros(x_shape, gy.dtype)
+    per_phase = len(tiles.row_starts) // dilation[0]
+    for sweep in (0, 1):
+        input_transform_adjoint(dV, tuple(padding), tuple(dilation), tiles.row_starts, per_phase,
+                                tiles.col_starts, tiles.cols, sweep, gx)
     return gx
 
 
-def backward_weight(gy, V, w_shape, padding, dilation):
-    """(gw, gb) from gy and the V that forward kept."""
-    f, c = w_shape[:2]
-    (ph, pw), (dh, dw) = padding, dilation
-    n, _, ho, wo = gy.shape
-    tiles = Tiles((n, c, ho - 2 * ph + 2 * dh, wo - 2 * pw + 2 * dw), padding, dilation)
-    dM = np.empty((ALPHA * ALPHA, tiles.count, f), gy.dtype)
-    output_transform_adjoint(gy, tuple(dilation), tiles.row_starts, tiles.col_starts, tiles.cols, dM)
-    dU = products.stacked(V.transpose(0, 2, 1), dM)  # alpha^2 products (C x T) @ (T x F): (alpha^2, C, F)
+def backward_weight(gy, saved, w_shape, padding, dilation):
+    """(gw, gb) from gy and what forward kept: gw = G^T [ sum over tiles of V^T dM ] G."""
+    _, dM = _output_gradient(gy, saved, w_shape[1], padding, dilation)
+    dU = products.stacked(saved.V.transpose(0, 2, 1), dM)  # alpha^2 products (C x T) @ (T x F): (alpha^2, C, F)
     return weight_transform_adjoint(dU, w_shape), gy.sum(axis=(0, 2, 3))
