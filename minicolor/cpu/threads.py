@@ -31,6 +31,7 @@ thread and sums in a fixed order, and OpenBLAS splits a product by rows and colu
 result, never along the sum (tests/test_cpu_fast.py checks 1 and 2 threads give the same bits).
 So a run that changes its thread count half-way gives the same numbers as one that does not.
 """
+import contextlib
 import ctypes
 import os
 import time
@@ -130,6 +131,17 @@ def openblas_threads(threads):
     _state["blas"](threads)
     _state["blas threads"] = threads
     return True
+
+
+@contextlib.contextmanager
+def openblas_on_every_core():
+    """Within this block NumPy's matrix products run on every core (OpenBLAS's threads), as
+    they do without minicolor; afterwards OpenBLAS is back on one thread for the fast path."""
+    openblas_threads(min(cpu_count(), limit()))
+    try:
+        yield
+    finally:
+        openblas_threads(1)
 
 
 def set_threads(threads):
