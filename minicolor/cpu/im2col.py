@@ -225,11 +225,14 @@ def backward_weight(gy, saved, w_shape, stride, padding, dilation):
     flat = gy.reshape(n, f, ho * wo)
     bands = [(img, band) for img in range(n) for band in _bands(ho, _rows_per_band(k, wo, x.itemsize))]
     parts = np.empty((len(bands), f, k), gy.dtype)
+    bias_parts = np.empty((len(bands), f))
 
     def job(index, img, first, last):
         cols = np.empty((k, last - first, wo), x.dtype)
         gather(x, img, kh, kw, stride, padding, dilation, first, last, cols)
-        np.matmul(flat[img, :, first * wo:last * wo], cols.reshape(k, -1).T, out=parts[index])
+        band = flat[img, :, first * wo:last * wo]
+        np.matmul(band, cols.reshape(k, -1).T, out=parts[index])
+        band.sum(axis=1, dtype=np.float64, out=bias_parts[index])
 
     products.share([lambda i=i, img=img, band=band: job(i, img, *band) for i, (img, band) in enumerate(bands)])
-    return parts.sum(axis=0).reshape(w_shape), gy.sum(axis=(0, 2, 3))
+    return parts.sum(axis=0).reshape(w_shape), bias_parts.sum(axis=0).astype(gy.dtype)

@@ -324,9 +324,10 @@ def output_transform(M, bias, dilation, row_starts, col_starts, cols, y):
 
 
 @njit(parallel=True, cache=True)
-def output_transform_adjoint(gy, dilation, row_starts, col_starts, cols, dM):
+def output_transform_adjoint(gy, dilation, row_starts, col_starts, cols, dM, sums):
     """dM[(i, j), tile, f] = (A gY A^T)[i, j]: gY the 4 x 4 tile of the output gradient
-    gy (N, F, Ho, Wo), zeros outside it."""
+    gy (N, F, Ho, Wo), zeros outside it. And sums[turn, f], the sum of the turn's gy (in
+    float64), for the bias gradient: every pixel of gy lies in one row of tiles."""
     n, f = gy.shape[:2]
     dh, dw = dilation
     rows_of_tiles, per_row = row_starts.shape[0], col_starts.shape[0]
@@ -335,6 +336,13 @@ def output_transform_adjoint(gy, dilation, row_starts, col_starts, cols, dM):
         img, ti = job // rows_of_tiles, job % rows_of_tiles
         band = np.empty((4, cols, f), gy.dtype)  # the 4 rows of gy under this row of tiles
         _rows_channels_last(gy, img, row_starts[ti], dh, 0, band)
+        total = sums[job]
+        total[:] = 0.0
+        for r in range(4):
+            for col in range(cols):
+                line = band[r, col]
+                for o in range(f):
+                    total[o] += line[o]
         half = np.empty((6, 4, f), gy.dtype)  # A gY
         for tj in range(per_row):
             t, q = job * per_row + tj, col_starts[tj]
@@ -382,11 +390,11 @@ def weight_transform_adjoint(dU, w_shape):
 class Saved:
     """What forward keeps for the backward passes: the transformed input V (for grad-weight) and
     the transformed filters U (for grad-input); grad-input leaves the transformed output
-    gradient dM here for grad-weight, with the gy it came from."""
+    gradient dM and the bias gradient gb here for grad-weight, with the gy they came from."""
 
     def __init__(self, V, U):
         self.V, self.U = V, U
-        self.dM, self.dM_of = None, None
+        self.dM, self.gb, self.dM_of = None, None, None
 
 
 def conv(x, w, b, padding, dilation):
@@ -411,7 +419,10 @@ def _output_gradient(gy, saved, c, padding, dilation):
     tiles = Tiles((n, c, ho - 2 * ph + 2 * dh, wo - 2 * pw + 2 * dw), padding, dilation)
     if saved.dM_of is not gy:
         saved.dM = np.empty((ALPHA * ALPHA, tiles.count, f), gy.dtype)
-        output_transform_adjoint(gy, tuple(dilation), tiles.row_starts, tiles.col_starts, tiles.cols, saved.dM)
+        sums = np.empty((n * len(tiles.row_starts), f))
+        output_transform_adjoint(gy, tuple(dilation), tiles.row_starts, tiles.col_starts, tiles.cols,
+                                 saved.dM, sums)
+        saved.gb = sums.sum(axis=0).astype(gy.dtype)  # the parts added in a fixed order
         saved.dM_of = gy
     return tiles, saved.dM
 
@@ -437,4 +448,4 @@ def backward_weight(gy, saved, w_shape, padding, dilation):
     """(gw, gb) from gy and what forward kept: gw = G^T [ sum over tiles of V^T dM ] G."""
     _, dM = _output_gradient(gy, saved, w_shape[1], padding, dilation)
     dU = products.stacked(saved.V.transpose(0, 2, 1), dM)  # alpha^2 products (C x T) @ (T x F): (alpha^2, C, F)
-    return weight_transform_adjoint(dU, w_shape), gy.sum(axis=(0, 2, 3))
+    return weight_transform_adjoint(dU, w_shape), saved.gb
