@@ -86,3 +86,14 @@ def by_columns(a, b, out=None, pieces=4):
     bounds = [n * i // pieces for i in range(pieces + 1)]
     run([(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:]) if hi > lo])
     return out
+
+
+def by_rows(a, b, out=None, pieces=4):
+    """out = a @ b, (m, k) @ (k, n), cut into ``pieces`` products by rows of a and out (pieces
+    from the shapes alone, as for by_columns)."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    m = a.shape[0]
+    bounds = [m * i // pieces for i in range(pieces + 1)]
+    run([(a[lo:hi], b, out[lo:hi]) for lo, hi in zip(bounds, bounds[1:]) if hi > lo])
+    return out
