@@ -18,9 +18,11 @@ import numpy as np  # noqa: E402
 
 from minicolor import backend  # noqa: E402
 from minicolor.tools import bench  # noqa: E402
-from minicolor.cpu import batchnorm as c_batchnorm, conv2d as c_conv2d, upsample as c_upsample  # noqa: E402
+from minicolor.cpu import adam as c_adam, batchnorm as c_batchnorm, conv2d as c_conv2d  # noqa: E402
+from minicolor.cpu import relu as c_relu, upsample as c_upsample  # noqa: E402
 from minicolor.models import ColorizationNet  # noqa: E402
-from minicolor.reference import batchnorm as r_batchnorm, conv2d as r_conv2d, upsample as r_upsample  # noqa: E402
+from minicolor.reference import adam as r_adam, batchnorm as r_batchnorm, conv2d as r_conv2d  # noqa: E402
+from minicolor.reference import relu as r_relu, upsample as r_upsample  # noqa: E402
 
 
 def best_times(fns, rounds):
@@ -44,7 +46,7 @@ def conv_passes(impl, x, w, geometry, route=None):
             c_conv2d.route = lambda *shapes: route
         try:
             y, saved = impl.forward(x, w, None, *geometry)
-            impl.backward_data(y, w, x.shape, *geometry)
+            impl.backward_data(y, w, x.shape, *geometry, saved=saved)
             impl.backward_weight(y, saved, w.shape, *geometry)
         finally:
             c_conv2d.route = chosen
@@ -70,7 +72,7 @@ def ops(rounds=9):
         w = rng.standard_normal((f, x_shape[1], 3, 3), dtype=np.float32)
         geometry = ((stride, stride), (d, d), (d, d))
         fns = {"reference": conv_passes(r_conv2d, x, w, geometry),
-               "one product": conv_passes(c_conv2d, x, w, geometry, "one product")}
+               "im2col": conv_passes(c_conv2d, x, w, geometry, "im2col")}
         if c_conv2d.route(x.shape, w.shape, *geometry) == "winograd":
             fns["winograd"] = conv_passes(c_conv2d, x, w, geometry)
         print(f"conv {label:34s}", "  ".join(f"{k} {v * 1e3:6.1f} ms"
@@ -89,6 +91,19 @@ def ops(rounds=9):
         t = best_times({name: lambda impl=impl: (impl.forward(u, scale, mode), impl.backward(gy, shape, scale, mode))
                         for name, impl in (("reference", r_upsample), ("fast", c_upsample))}, rounds)
         print(f"upsample {mode} x{scale} {shape}", "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()))
+    x = rng.standard_normal((8, 16, 224, 224), dtype=np.float32)  # the first ReLU at batch 8
+    for name, impl in (("reference", r_relu), ("fast", c_relu)):
+        y = impl.forward(x)
+        t = best_times({"forward": lambda: impl.forward(x), "backward": lambda: impl.backward(x, y)}, rounds)
+        print(f"relu (8, 16, 224, 224), {name:9s}", "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()))
+    size = sum(p.size for p in ColorizationNet(16).parameters())
+    buffers = [rng.standard_normal(size, dtype=np.float32) for _ in range(4)]
+    buffers[3] = np.abs(buffers[3])
+    coef = np.zeros(r_adam.COEF_SIZE, np.float32)
+    r_adam.advance(np.zeros(1), np.array([1e-3, 0.9, 0.999, 1e-8, 0.0]), coef)
+    t = best_times({name: lambda impl=impl: impl.update(*buffers, coef) for name, impl in
+                    (("reference", r_adam), ("fast", c_adam))}, rounds)
+    print(f"adam, {size:,} parameters", "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()))
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

@@ -57,8 +57,8 @@ def forward(x, w, b, stride, padding, dilation):
     return version().forward(x, w, b, stride, padding, dilation)
 
 
-def backward_data(gy, w, x_shape, stride, padding, dilation):
-    """gx, the gradient of the loss for x."""
+def backward_data(gy, w, x_shape, stride, padding, dilation, saved=None):
+    """gx, the gradient of the loss for x (``saved``, what forward returned, is not needed)."""
     return version().backward_data(gy, w, x_shape, stride, padding, dilation)
 
 

@@ -37,7 +37,8 @@ class Conv2d(Function):
     def backward(self, gy):
         geometry = (self.stride, self.padding, self.dilation)
         x, w = self.inputs[0], self.inputs[1]
-        gx = self.impl.backward_data(gy, self.w, self.x_shape, *geometry) if x.requires_grad else None
+        gx = (self.impl.backward_data(gy, self.w, self.x_shape, *geometry, saved=self.saved)
+              if x.requires_grad else None)
         gw = gb = None
         if w.requires_grad or (self.has_bias and self.inputs[2].requires_grad):
             gw, gb = self.impl.backward_weight(gy, self.saved, self.w_shape, *geometry)
@@ -151,12 +152,12 @@ def _batch_norm(op, x, weight, bias, running_mean, running_var, training, moment
 # --- relu --------------------------------------------------------------------------------
 class ReLU(Function):
     def forward(self, x):
-        xp = backend.get_array_module(x)
-        self.y = xp.maximum(x, 0)
+        self.impl = implementation("relu", self.device)
+        self.y = self.impl.forward(x)  # backward's mask: y > 0 exactly where x > 0
         return self.y
 
     def backward(self, gy):
-        return gy * (self.y > 0)
+        return self.impl.backward(gy, self.y)
 
 
 def relu(x):

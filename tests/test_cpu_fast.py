@@ -16,15 +16,19 @@ import pytest
 
 from minicolor import backend, functional as F
 from minicolor import gradcheck, optim, tensor
+from minicolor.cpu import adam as c_adam
 from minicolor.cpu import batchnorm as c_batchnorm
 from minicolor.cpu import conv2d as c_conv2d
+from minicolor.cpu import relu as c_relu
 from minicolor.cpu import threads
 from minicolor.cpu import upsample as c_upsample
 from minicolor.cpu import winograd
 from minicolor.models import ColorizationNet
+from minicolor.reference import adam as r_adam
 from minicolor.reference import batchnorm as r_batchnorm
 from minicolor.reference import conv2d as r_conv2d
 from minicolor.reference import mse as r_mse
+from minicolor.reference import relu as r_relu
 from minicolor.reference import upsample as r_upsample
 
 
@@ -42,10 +46,10 @@ def pair(v):
 
 
 CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation)
-    (1, 1, 5, 5, 2, 3, 1, 1, 1),       # one input channel (the first layer): the reference
+    (1, 1, 5, 5, 2, 3, 1, 1, 1),       # one input channel (the first layer): im2col
     (2, 3, 7, 6, 4, 3, 2, 1, 1),       # stride 2, odd and non-square, batch 2
-    (2, 2, 9, 8, 3, 3, 1, 2, 2),       # dilation 2, few channels: the reference
-    (1, 3, 6, 7, 2, 1, 1, 0, 1),       # 1x1: the columns are x itself (batch 1: no copy)
+    (2, 2, 9, 8, 3, 3, 1, 2, 2),       # dilation 2, few channels: im2col
+    (1, 3, 6, 7, 2, 1, 1, 0, 1),       # 1x1
     (3, 5, 6, 7, 2, 1, 1, 0, 1),       # 1x1, odd batch
     (1, 6, 5, 6, 9, 1, 2, 0, 1),       # 1x1 stride 2
     (2, 2, 8, 5, 3, (3, 2), (2, 1), (0, 1), (1, 2)),  # pairs everywhere
@@ -58,11 +62,13 @@ CONV_CASES = [  # (N, C, H, W, F, k, stride, padding, dilation)
     (1, 16, 5, 6, 16, 3, 1, 0, 1),     # Winograd without padding (grad-input padded by 2)
     (1, 16, 6, 11, 16, 3, 1, 3, 2),    # Winograd, padding 3 with dilation 2
     (2, 16, 9, 9, 16, 3, 1, 4, 2),     # padding 4 = 2 * dilation: still Winograd
-    (1, 16, 7, 7, 16, 3, 1, 3, 1),     # padding 3 > 2 * dilation: not Winograd (grad-input would crop)
-    (2, 16, 7, 7, 16, 3, 1, 3, 1),     # the same with a batch: one product
-    (2, 16, 8, 8, 16, 3, 2, 1, 1),     # enough channels, but stride 2: one product
-    (3, 8, 7, 9, 5, 3, 2, 2, 2),       # one product: stride 2 with dilation 2, odd batch
-    (2, 64, 5, 6, 3, 1, 1, 0, 1),      # one product: a 1x1 with 64 rows of columns
+    (1, 16, 7, 7, 16, 3, 1, 3, 1),     # Winograd, padding 3 > 2 * dilation
+    (2, 16, 7, 7, 16, 3, 1, 0, 2),     # Winograd, dilation 2 without padding: grad-input reaches the edges
+    (2, 16, 8, 8, 16, 3, 2, 1, 1),     # enough channels, but stride 2: im2col
+    (3, 8, 7, 9, 5, 3, 2, 2, 2),       # stride 2 with dilation 2, odd batch
+    (2, 64, 5, 6, 3, 1, 1, 0, 1),      # a 1x1 with 64 input channels
+    (2, 3, 40, 9, 4, 3, 2, 1, 1),      # im2col with several bands per image (BAND_BYTES made small below)
+    (1, 2, 37, 8, 3, 3, 1, 1, 1),      # stride 1, several bands: grad-input's bands overlap in gy
 ]
 
 
@@ -76,7 +82,8 @@ def conv_passes(impl, x, w, b, geometry):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d_matches_reference(rng, case, dtype):
+def test_conv2d_matches_reference(rng, case, dtype, monkeypatch):
+    monkeypatch.setattr(c_conv2d.im2col, "BAND_BYTES", 1024)  # many bands, even on small images
     n, c, h, w, f, k, s, p, d = case
     geometry = (pair(s), pair(p), pair(d))
     x = rng.standard_normal((n, c, h, w))
@@ -92,7 +99,7 @@ def test_conv2d_matches_reference(rng, case, dtype):
 def test_the_cases_take_every_route():
     routes = [c_conv2d.route((n, c, h, w), (f, c) + pair(k), pair(s), pair(p), pair(d))
               for n, c, h, w, f, k, s, p, d in CONV_CASES]
-    assert all(routes.count(way) >= 4 for way in ("winograd", "one product", "reference")), routes
+    assert all(routes.count(way) >= 6 for way in ("winograd", "im2col")), routes
 
 
 def network_conv_shapes():
@@ -133,6 +140,21 @@ def test_written_out_transforms_match_the_matrices(rng):
     np.testing.assert_allclose(winograd._at.py_func(*d, 2.0, 4.0, 8.0), winograd.AT @ d, atol=1e-13)
     np.testing.assert_allclose(winograd._a.py_func(*d[:4], 2.0, 4.0, 8.0), winograd.AT.T @ d[:4],
                                atol=1e-13)
+    np.testing.assert_allclose(winograd._b.py_func(*d, 2.0, 4.0, 5.0), winograd.BT.T @ d, atol=1e-13)
+
+
+def test_grad_input_from_the_forward_pass_matches_one_without_it(rng):
+    """backward_data reuses forward's transformed filters when given them, and gives the same."""
+    x = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((20, 16, 3, 3)).astype(np.float32)
+    geometry = ((1, 1), (2, 2), (2, 2))
+    y, saved = c_conv2d.forward(x, w, None, *geometry)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    with_saved = c_conv2d.backward_data(gy, w, x.shape, *geometry, saved=saved)
+    assert np.array_equal(with_saved, c_conv2d.backward_data(gy, w, x.shape, *geometry))
+    gw, _ = c_conv2d.backward_weight(gy, saved, w.shape, *geometry)  # reuses dM from grad-input
+    assert np.array_equal(gw, c_conv2d.backward_weight(gy, c_conv2d.forward(x, w, None, *geometry)[1],
+                                                       w.shape, *geometry)[0])
 
 
 def test_winograd_float32_error_is_small(rng):
@@ -183,6 +205,36 @@ def test_upsample_matches_reference(rng, shape, scale, mode, dtype):
     gx = c_upsample.backward(gy.astype(dtype), shape, scale, mode)
     assert gx.dtype == dtype
     assert relative_error(gx, r_upsample.backward(gy, shape, scale, mode)) < TOLERANCE[dtype]
+
+
+# --- relu and Adam: the reference's bits -------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_gives_the_references_bits(rng, dtype):
+    x = rng.standard_normal(7 * 10001).astype(dtype)
+    x[:5] = [np.nan, -0.0, 0.0, np.inf, -np.inf]
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    gy[5:7] = [np.inf, -1.0]  # inf * 0 is NaN, -1 * 0 is -0.0: both must agree
+    y, y_ref = c_relu.forward(x.reshape(7, -1)), r_relu.forward(x.reshape(7, -1))
+    assert y.dtype == dtype and np.array_equal(y.view(np.uint8), y_ref.view(np.uint8))
+    with np.errstate(invalid="ignore"):
+        gx, gx_ref = c_relu.backward(gy.reshape(7, -1), y), r_relu.backward(gy.reshape(7, -1), y_ref)
+    assert gx.dtype == dtype and np.array_equal(gx.view(np.uint8), gx_ref.view(np.uint8))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adam_gives_the_references_bits(rng, dtype, weight_decay):
+    state = [rng.standard_normal(40007).astype(dtype) for _ in range(4)]  # param, grad, m, v
+    state[3] = np.abs(state[3])
+    ours, theirs = [a.copy() for a in state], [a.copy() for a in state]
+    hyper = np.array([1e-3, 0.9, 0.999, 1e-8, weight_decay])
+    coef, count = np.zeros(r_adam.COEF_SIZE, dtype), np.zeros(1)
+    for _ in range(3):
+        r_adam.advance(count, hyper, coef)
+        r_adam.update(*theirs, coef)
+        c_adam.update(*ours, coef)
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(a, b)
 
 
 # --- through functional: gradient checks, the switch ----------------------------------------------------
@@ -238,8 +290,9 @@ def test_upsample_gradcheck(rng, mode):
 
 
 # --- threads --------------------------------------------------------------------------------------------
-def test_results_do_not_depend_on_the_thread_count(rng):
+def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
     """1 and 2 threads give the same bits: no reduction is split between threads."""
+    monkeypatch.setattr(c_conv2d.im2col, "BAND_BYTES", 2048)  # several bands per image
     x = rng.standard_normal((3, 16, 12, 10)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     w2 = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
@@ -249,11 +302,16 @@ def test_results_do_not_depend_on_the_thread_count(rng):
         for count in (1, 2, 1):
             threads.set_threads(count)
             out = conv_passes(c_conv2d, x, w, None, ((1, 1), (1, 1), (1, 1)))  # Winograd
-            out += conv_passes(c_conv2d, x, w2, None, ((2, 2), (1, 1), (1, 1)))  # one product
+            out += conv_passes(c_conv2d, x, w2, None, ((2, 2), (1, 1), (1, 1)))  # im2col, stride 2
+            out += conv_passes(c_conv2d, x, np.ascontiguousarray(w2[:, :, :1, :1]), None, ((1, 1), (0, 0), (1, 1)))  # 1x1
             y, xhat, inv_std = c_batchnorm.forward(x, np.ones(16, np.float32), np.zeros(16, np.float32),
                                                    np.zeros(16, np.float32), np.ones(16, np.float32),
                                                    True, 0.1, 1e-5, relu=True)
             out += (y,) + c_batchnorm.backward(x, xhat, inv_std, np.ones(16, np.float32), True, relu_input=x)
+            out += (c_relu.forward(x), c_relu.backward(x[::-1].copy(), x))
+            param, grad, m, v = (a.ravel().copy() for a in (x, x[::-1], x * 0.5, x * x))
+            c_adam.update(param, grad, m, v, np.array([0.9, 0.1, 0.999, 0.001, 1e-8, 0, 1e-3, 0.001], np.float32))
+            out += (param, m, v)
             results.append(out)
     finally:
         threads.set_threads(previous or 1)

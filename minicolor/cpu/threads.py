@@ -1,8 +1,12 @@
-"""How many threads the fast CPU path runs: one decision for OpenBLAS and Numba together.
+"""How many threads the fast CPU path runs, for Numba's loops and the matrix products together.
 
-Two thread pools work for the fast path: OpenBLAS's (the matrix products, through NumPy) and
-Numba's (the compiled loops, ``prange``). They never run at the same time (Python calls one,
-then the other), and both use the same number of threads, set here.
+Two kinds of threads work for the fast path: Numba's (the compiled loops, ``prange``) and a
+few Python threads that share out the matrix products (products.py), each product on ONE
+thread of OpenBLAS. They never run at the same time (Python calls one, then the other), and
+both use the same number of threads, set here. OpenBLAS itself is held to one thread: its
+own threads spin after every product, on the cores that Numba's loops need next
+(products.py has the figures). NumPy's products elsewhere in the process then run on one
+thread too; ``openblas_threads`` sets them back.
 
 How many? All the cores, unless other processes keep some of them busy. A parallel loop or
 matrix product splits its work into one equal share per thread and ends when the last share is
@@ -15,20 +19,19 @@ process's own CPU time), and runs on the cores left: ``round(cores - others)``, 
 ``MINICOLOR_THREADS=N`` fixes N threads instead. Where /proc/stat is missing (not Linux) auto
 means all cores. NUMBA_NUM_THREADS and OPENBLAS_NUM_THREADS, when set, are upper limits.
 
-Numba's threads wait without spinning: its "workqueue" threading layer, chosen here (unless
-NUMBA_THREADING_LAYER says otherwise). Its default, OpenMP, keeps its threads spinning for a
-while after each loop, on the cores that OpenBLAS's threads need next. On the shared 2-core
-machine (load average 4) a batch-1 training step took 4,876 ms with 2 OpenMP threads (6 s of
-CPU time per step), 352 ms with 2 workqueue threads and 177 ms with 1 (docs/cpu.md). A
-workqueue loop costs about 35 us more to start, about 7 ms of a training step's ~200 loops.
-The workqueue layer must not be entered from two Python threads at once (Numba stops the
-process): minicolor itself runs its ops from one thread.
+Numba's threads wait without spinning: OpenMP's, with OMP_WAIT_POLICY=PASSIVE
+(``_start_numba_threads``). By default OpenMP keeps its threads spinning for a while after each
+loop, on the cores that the next loop or product needs: on the shared 2-core machine (load
+average 4) a batch-1 training step once took 4,876 ms with 2 threads and 177 ms with 1.
+Passive threads sleep at once; a loop costs 2 to 9 us to start (Numba's "workqueue" layer, used
+before, took 37 to 45 us). OpenMP's threads may be entered from several Python threads at once.
 
 Results do not depend on the number of threads: every compiled loop gives each output to one
 thread and sums in a fixed order, and OpenBLAS splits a product by rows and columns of the
 result, never along the sum (tests/test_cpu_fast.py checks 1 and 2 threads give the same bits).
 So a run that changes its thread count half-way gives the same numbers as one that does not.
 """
+import contextlib
 import ctypes
 import os
 import time
@@ -39,10 +42,36 @@ from ..backend import cpu_count
 
 INTERVAL = 1.0  # seconds between two looks at how busy the machine is
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"  # takes effect at Numba's first parallel loop
-
 _state = {"threads": None, "last": None, "sample": None}
+
+
+def _start_numba_threads():
+    """Start Numba's thread pool: OpenMP's, told to sleep rather than spin between loops.
+
+    Unless NUMBA_THREADING_LAYER names a layer, Numba uses OpenMP (libgomp) with
+    OMP_WAIT_POLICY=PASSIVE, which libgomp reads once, as it loads: here, at this first start.
+    The variable is put back afterwards, so that PyTorch's own OpenMP, loaded later in the same
+    process (the bench), keeps its defaults. Where OpenMP cannot load, the workqueue layer.
+    Why: a loop costs 2 us to start on OpenMP's threads and 37 to 45 us on the workqueue's
+    (an almost empty loop, 1 and 2 threads, on the 2-core machine), and a training step runs
+    hundreds of loops. OpenMP's default, to spin after each loop, cost 7.7 ms a loop on a busy
+    machine: its threads held the cores that the next loop needed.
+    """
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    from numba.np.ufunc import parallel
+
+    before = os.environ.get("OMP_WAIT_POLICY")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        numba.config.THREADING_LAYER = "omp"
+        parallel._launch_threads()
+    except (ValueError, ImportError, OSError):  # no usable OpenMP here
+        numba.config.THREADING_LAYER = "workqueue"
+        parallel._launch_threads()
+    finally:
+        if before is None:
+            del os.environ["OMP_WAIT_POLICY"]
 
 
 def requested():
@@ -90,19 +119,42 @@ def limit():
     return min(most, int(blas)) if blas.isdigit() and int(blas) > 0 else most
 
 
-def set_threads(threads):
-    """Run the fast path's loops and NumPy's matrix products on ``threads`` threads."""
-    threads = max(1, min(threads, limit()))
-    if threads == _state["threads"]:
-        return
-    numba.set_num_threads(threads)
+def openblas_threads(threads):
+    """Let OpenBLAS (NumPy's matrix products) run on ``threads`` threads; False if it cannot be
+    found (MKL, Accelerate: they keep their own threads)."""
     if "blas" not in _state:
         import numpy  # noqa: F401  (loads OpenBLAS, so that it is in /proc/self/maps)
 
         _state["blas"] = _openblas_setter()
-    if _state["blas"] is not None:
-        _state["blas"](threads)
-    _state["threads"] = threads
+    if _state["blas"] is None:
+        return False
+    _state["blas"](threads)
+    _state["blas threads"] = threads
+    return True
+
+
+@contextlib.contextmanager
+def openblas_on_every_core():
+    """Within this block NumPy's matrix products run on every core (OpenBLAS's threads), as
+    they do without minicolor; afterwards OpenBLAS is back on one thread for the fast path."""
+    openblas_threads(min(cpu_count(), limit()))
+    try:
+        yield
+    finally:
+        openblas_threads(1)
+
+
+def set_threads(threads):
+    """Run the fast path's loops and its shares of matrix products on ``threads`` threads (each
+    product on one thread of OpenBLAS)."""
+    threads = max(1, min(threads, limit()))
+    if _state["threads"] is None:
+        _start_numba_threads()
+    if _state.get("blas threads", 0) != 1:
+        openblas_threads(1)
+    if threads != _state["threads"]:
+        numba.set_num_threads(threads)
+        _state["threads"] = threads
 
 
 def _sample():

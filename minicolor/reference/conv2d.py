@@ -96,8 +96,9 @@ def forward(x, w, b, stride, padding, dilation):
     return y.reshape(n, f, ho, wo), cols
 
 
-def backward_data(gy, w, x_shape, stride, padding, dilation):
-    """Gradient with respect to x: w^T @ gy, then col2im."""
+def backward_data(gy, w, x_shape, stride, padding, dilation, saved=None):
+    """Gradient with respect to x: w^T @ gy, then col2im. (``saved``, what forward returned, is
+    not needed here; the fast CPU path reuses its transformed filters from it.)"""
     n, f = gy.shape[:2]
     gcols = w.reshape(f, -1).T @ gy.reshape(n, f, -1)  # (K, F) @ (N, F, P) -> (N, K, P)
     return col2im(gcols, x_shape, w.shape[2:], stride, padding, dilation)

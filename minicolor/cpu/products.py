@@ -1,0 +1,99 @@
+"""Matrix products shared out over the cores, each on one thread of BLAS.
+
+The fast path's products come in sets of independent ones: the 36 products of a Winograd layer
+(one per position of the transformed tile), one product per image of a strided layer. Here each
+core takes a share of the set, and each product runs on ONE thread of OpenBLAS
+(threads.set_threads keeps OpenBLAS at one thread). NumPy lets go of Python's global lock
+inside ``np.matmul``, so a few Python threads multiply at the same time.
+
+Why not let OpenBLAS split each product over its own threads, as NumPy does by default? Because
+its threads do not sleep when a product ends: they spin, calling sched_yield, for about a tenth
+of a second, waiting for the next product. Between two products the fast path runs Numba's
+compiled loops, on threads of their own, on the same cores. Measured on the 2-core machine
+(a Winograd layer of 128 channels, 28 x 28, batch 8, all three passes; another process busy
+on one core): 1,196 ms with two OpenBLAS threads, 69 ms with one. On the idle machine the
+two pools still got in each other's way: two threads made a training step only 1.17x faster
+than one (docs/cpu.md).
+
+Results do not depend on the number of threads: every product is one call of ``np.matmul``
+whatever the thread count (the sets are cut from the shapes alone), and a product computed by
+one thread of OpenBLAS gives the same bits on any thread. Only who computes which piece
+changes.
+"""
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import numpy as np
+
+from . import threads
+
+_pool = {"executor": None, "workers": 0}
+
+
+def _executor(workers):
+    """A pool of ``workers`` Python threads (besides the caller), made once, grown when asked."""
+    if _pool["workers"] < workers:
+        if _pool["executor"] is not None:
+            _pool["executor"].shutdown()
+        _pool["executor"] = ThreadPoolExecutor(workers, thread_name_prefix="minicolor-products")
+        _pool["workers"] = workers
+    return _pool["executor"]
+
+
+def _do(jobs):
+    for job in jobs:
+        job()
+
+
+def share(jobs):
+    """Call every job (a function of no arguments) in ``jobs``, the list shared out in contiguous
+    runs over ``threads.current()`` threads: the caller takes the first run, pool threads the
+    rest. The jobs must be independent, and must let go of Python's lock for their long parts
+    (NumPy's matmul does, and Numba's functions compiled with ``nogil=True``)."""
+    count = min(threads.current() or 1, len(jobs))
+    if count <= 1:
+        _do(jobs)
+        return
+    bounds = [len(jobs) * i // count for i in range(count + 1)]
+    runs = [jobs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+    pending = [_executor(count - 1).submit(_do, run) for run in runs[1:]]
+    _do(runs[0])
+    for job in pending:
+        job.result()
+
+
+def run(products):
+    """out = a @ b for every (a, b, out) in ``products``, shared out over the threads."""
+    share([partial(np.matmul, a, b, out=out) for a, b, out in products])
+
+
+def stacked(a, b, out=None):
+    """out[s] = a[s] @ b[s] for stacks of matrices (S, m, k) and (S, k, n): one product each."""
+    if out is None:
+        out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.result_type(a, b))
+    run([(a[s], b[s], out[s]) for s in range(a.shape[0])])
+    return out
+
+
+def by_columns(a, b, out=None, pieces=4):
+    """out = a @ b, (m, k) @ (k, n), cut into ``pieces`` products by columns of b and out.
+
+    ``pieces`` must come from the shapes alone (not the thread count): each piece is a separate
+    product, and OpenBLAS may sum differently for a narrower one."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    n = b.shape[1]
+    bounds = [n * i // pieces for i in range(pieces + 1)]
+    run([(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:]) if hi > lo])
+    return out
+
+
+def by_rows(a, b, out=None, pieces=4):
+    """out = a @ b, (m, k) @ (k, n), cut into ``pieces`` products by rows of a and out (pieces
+    from the shapes alone, as for by_columns)."""
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    m = a.shape[0]
+    bounds = [m * i // pieces for i in range(pieces + 1)]
+    run([(a[lo:hi], b, out[lo:hi]) for lo, hi in zip(bounds, bounds[1:]) if hi > lo])
+    return out
