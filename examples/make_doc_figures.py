@@ -7,8 +7,8 @@
    100 and 400 and the loss curve -> docs/img/bridge_step100.png, bridge_step400.png,
    bridge_loss.png, and its table on stdout.
 2. The activation figure of the shipped model on the bridge photo -> docs/img/activations.png.
-3. The model card's galleries of held-out photos: gray input | the weights trained on 23 photos |
-   the shipped weights | truth, on the eight standard photos -> docs/img/gallery.png (needs
+3. The model card's galleries of held-out photos: gray input | the weights shipped before (244
+   photos) | the shipped weights | truth, on the eight standard photos -> docs/img/gallery.png (needs
    scikit-image and scikit-learn), and on held-out corpus photos (data/corpus/heldout, made by
    examples/collect_photos.py), the four where the shipped model beats gray by the most AuC
    and the four where it loses the most -> docs/img/gallery_heldout.png.
@@ -35,7 +35,7 @@ HERE = Path(__file__).parent
 IMG = HERE.parent / "docs" / "img"
 BRIDGE = HERE / "roebling-bridge.jpg"
 CORPUS = HERE.parent / "data" / "corpus"
-BEFORE = HERE / "weights" / "colorizer-w16-regression-23photos.npz"  # shipped before the corpus (23 photos)
+BEFORE = HERE / "weights" / "colorizer-w16-regression-244photos.npz"  # shipped before (244 corpus photos)
 
 
 def bridge_figures(out):
@@ -118,7 +118,7 @@ def main():
         print("no shipped weights: skipping the activation figure and the galleries")
     else:
         activation_figure(shipped)
-        models = {"23 photos": load_model(BEFORE), "shipped": load_model(shipped)}
+        models = {"before (244 photos)": load_model(BEFORE), "shipped": load_model(shipped)}
         gallery(models, None, IMG / "gallery.png")
         if (CORPUS / "heldout").is_dir():
             heldout_gallery(models, models["shipped"], IMG / "gallery_heldout.png")
