@@ -320,6 +320,32 @@ def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
             assert np.array_equal(a, b)
 
 
+_LAYER_PROBE = """
+import ctypes, ctypes.util, sys
+if sys.argv[1] == "preload":
+    ctypes.CDLL(ctypes.util.find_library("gomp"))  # as PyTorch's import does: OpenMP loads first
+import numba
+from minicolor.cpu import threads
+threads.set_threads(1)
+print(numba.threading_layer())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_numba_threads_never_spin_on_an_openmp_loaded_before_them():
+    """OpenMP with passive waiting by default; the workqueue layer when a library loaded libgomp
+    first (OMP_WAIT_POLICY can no longer reach it, and its threads would spin)."""
+    import ctypes.util
+
+    if ctypes.util.find_library("gomp") is None:
+        pytest.skip("no libgomp on this machine")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+    layers = {how: subprocess.run([sys.executable, "-c", _LAYER_PROBE, how], env=env, capture_output=True,
+                                  text=True, check=True).stdout.split()[-1]
+              for how in ("plain", "preload")}
+    assert layers == {"plain": "omp", "preload": "workqueue"}
+
+
 def test_thread_count_follows_the_free_cores(monkeypatch):
     assert threads.choose(2, 0.1) == 2
     assert threads.choose(2, 0.7) == 1   # another process holds most of a core

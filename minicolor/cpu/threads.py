@@ -50,8 +50,10 @@ def _start_numba_threads():
 
     Unless NUMBA_THREADING_LAYER names a layer, Numba uses OpenMP (libgomp) with
     OMP_WAIT_POLICY=PASSIVE, which libgomp reads once, as it loads: here, at this first start.
-    The variable is put back afterwards, so that PyTorch's own OpenMP, loaded later in the same
-    process (the bench), keeps its defaults. Where OpenMP cannot load, the workqueue layer.
+    The variable is put back afterwards (child processes keep their defaults). A process holds
+    one libgomp, so PyTorch imported later in the same process (the bench) runs on this one and
+    its threads wait passively too. Where OpenMP cannot load, or another library loaded it
+    first (_openmp_loaded: its threads would spin), the workqueue layer.
     Why: a loop costs 2 us to start on OpenMP's threads and 37 to 45 us on the workqueue's
     (an almost empty loop, 1 and 2 threads, on the 2-core machine), and a training step runs
     hundreds of loops. OpenMP's default, to spin after each loop, cost 7.7 ms a loop on a busy
@@ -64,6 +66,8 @@ def _start_numba_threads():
     before = os.environ.get("OMP_WAIT_POLICY")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
+        if _openmp_loaded():  # too late for OMP_WAIT_POLICY: its threads would spin
+            raise ImportError("another library loaded OpenMP first")
         numba.config.THREADING_LAYER = "omp"
         parallel._launch_threads()
     except (ValueError, ImportError, OSError):  # no usable OpenMP here
@@ -72,6 +76,22 @@ def _start_numba_threads():
     finally:
         if before is None:
             del os.environ["OMP_WAIT_POLICY"]
+
+
+def _openmp_loaded():
+    """Whether a library already loaded OpenMP (libgomp) into this process.
+
+    A process holds one libgomp, whoever loads it first (PyTorch bundles its own, under the same
+    name), and libgomp reads OMP_WAIT_POLICY once, as it loads. If PyTorch is imported before
+    minicolor's first loop, Numba's OpenMP threads are PyTorch's libgomp's, and they spin: a
+    batch-8 training step then took 879 to 1,052 ms instead of 679 to 727 on the idle 2-core
+    machine. The workqueue layer does not spin (700 ms there), so it is the fallback.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:
+        return False
 
 
 def requested():
