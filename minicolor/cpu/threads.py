@@ -24,7 +24,10 @@ Numba's threads wait without spinning: OpenMP's, with OMP_WAIT_POLICY=PASSIVE
 loop, on the cores that the next loop or product needs: on the shared 2-core machine (load
 average 4) a batch-1 training step once took 4,876 ms with 2 threads and 177 ms with 1.
 Passive threads sleep at once; a loop costs 2 to 9 us to start (Numba's "workqueue" layer, used
-before, took 37 to 45 us). OpenMP's threads may be entered from several Python threads at once.
+before, took 37 to 45 us). When another library loaded OpenMP first (``_openmp_loaded``), the
+workqueue layer runs the loops instead; it must not be entered from two Python threads at
+once, and minicolor calls its parallel loops from one thread only (products.py's pool threads
+run matrix products and compiled loops that are not parallel).
 
 Results do not depend on the number of threads: every compiled loop gives each output to one
 thread and sums in a fixed order, and OpenBLAS splits a product by rows and columns of the
