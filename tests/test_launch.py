@@ -13,6 +13,7 @@ import numba
 import numpy as np
 import pytest
 
+from fakes import DeviceArray
 from minicolor import backend
 
 try:
@@ -23,18 +24,6 @@ except backend.DeviceError as exc:  # numba.cuda already imported for a real GPU
 import minicolor.kernels as kernels  # noqa: E402
 from minicolor.kernels import _launch as L  # noqa: E402
 from minicolor.kernels import mse as k_mse  # noqa: E402
-
-
-class DeviceArray:
-    """A stand-in for a CuPy array: a class with __cuda_array_interface__, a pointer in .data.ptr."""
-
-    __cuda_array_interface__ = None
-
-    def __init__(self, host, ptr=0x7000_0000):
-        self.host = host
-        self.dtype, self.ndim, self.shape, self.strides = host.dtype, host.ndim, host.shape, host.strides
-        self.size, self.itemsize = host.size, host.itemsize
-        self.data = type("Memory", (), {"ptr": ptr})()
 
 
 @pytest.mark.parametrize("make", [

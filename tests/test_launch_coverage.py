@@ -12,6 +12,7 @@ serves every layer.
 import numpy as np
 import pytest
 
+from fakes import DeviceArray
 from minicolor import backend
 
 try:
@@ -23,16 +24,6 @@ import minicolor.kernels as kernels  # noqa: E402
 from minicolor.tools import bench  # noqa: E402
 from minicolor.kernels import conv2d  # noqa: E402
 from minicolor.kernels import _launch as L  # noqa: E402
-
-
-class DeviceArray:
-    """What the launcher sees of a CuPy array: a class with __cuda_array_interface__."""
-
-    __cuda_array_interface__ = None
-
-    def __init__(self, host):
-        self.dtype, self.ndim, self.shape, self.strides = host.dtype, host.ndim, host.shape, host.strides
-        self.itemsize = host.itemsize
 
 
 def gpu_key(value):
