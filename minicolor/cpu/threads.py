@@ -90,11 +90,17 @@ def _openmp_loaded():
     batch-8 training step then took 879 to 1,052 ms instead of 679 to 727 on the idle 2-core
     machine. The workqueue layer does not spin (700 ms there), so it is the fallback.
     """
+    return bool(_mapped_files("libgomp"))
+
+
+def _mapped_files(name):
+    """The paths of the files mapped into this process whose path holds ``name`` (any case);
+    empty where /proc/self/maps is missing (not Linux)."""
     try:
         with open("/proc/self/maps") as maps:
-            return any("libgomp" in line for line in maps)
+            return {line.split()[-1] for line in maps if name in line.lower()}
     except OSError:
-        return False
+        return set()
 
 
 def requested():
@@ -117,12 +123,7 @@ def _openblas_setter():
     NumPy's wheels bundle OpenBLAS with a prefixed, 64-bit-integer symbol name; other builds
     (a system OpenBLAS) use the plain one. MKL or Accelerate: None, and they keep their threads.
     """
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
+    for path in sorted(_mapped_files("openblas")):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
