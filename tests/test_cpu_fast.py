@@ -143,6 +143,21 @@ def test_written_out_transforms_match_the_matrices(rng):
     np.testing.assert_allclose(winograd._b.py_func(*d, 2.0, 4.0, 5.0), winograd.BT.T @ d, atol=1e-13)
 
 
+def test_filter_transforms_are_g_and_its_adjoint(rng):
+    """_g and _gt are G and G^T row by row; weight_transform is G g G^T for every filter, and
+    weight_transform_adjoint its adjoint: <U(w), dU> = <w, U^T(dU)>."""
+    k = (1 / 4, 1 / 6, 1 / 12, 1 / 24)
+    g, m = rng.standard_normal(3), rng.standard_normal(6)
+    np.testing.assert_allclose(winograd._g.py_func(*g, k), winograd.G @ g, atol=1e-13)
+    np.testing.assert_allclose(winograd._gt.py_func(*m, k), winograd.G.T @ m, atol=1e-13)
+    w = rng.standard_normal((40, 16, 3, 3))  # 640 filters: a whole turn of the loop and a part
+    U = winograd.weight_transform(w)
+    direct = np.einsum("ia,fcab,jb->ijfc", winograd.G, w, winograd.G).reshape(36, 40, 16)
+    np.testing.assert_allclose(U, direct, atol=1e-13)
+    monkey = rng.standard_normal((36, 40, 16))
+    assert np.isclose(np.sum(U * monkey), np.sum(w * winograd.weight_transform_adjoint(monkey)), rtol=1e-12)
+
+
 def test_grad_input_from_the_forward_pass_matches_one_without_it(rng):
     """backward_data reuses forward's transformed filters when given them, and gives the same."""
     x = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
