@@ -3,6 +3,7 @@ thread, in CPU time, so that other processes on a shared machine disturb them li
 
     python examples/cpu_figures.py ops              # each op: reference, one product, fast path
     python examples/cpu_figures.py steps 16 128     # training steps: fast, reference, PyTorch
+    python examples/cpu_figures.py small            # batch 1's fixed costs, wall time, all cores
 
 Each figure is the best of several runs, the variants run in turn. For wall times with every
 core, use `minicolor bench --device cpu`.
@@ -11,7 +12,8 @@ import os
 import sys
 import time
 
-os.environ.setdefault("MINICOLOR_THREADS", "1")
+if sys.argv[1:2] != ["small"]:  # "small" measures how work is shared out over the cores
+    os.environ.setdefault("MINICOLOR_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy starts
 
 import numpy as np  # noqa: E402
@@ -19,22 +21,24 @@ import numpy as np  # noqa: E402
 from minicolor import backend  # noqa: E402
 from minicolor.tools import bench  # noqa: E402
 from minicolor.cpu import adam as c_adam, batchnorm as c_batchnorm, conv2d as c_conv2d  # noqa: E402
+from minicolor.cpu import products, threads, winograd  # noqa: E402
 from minicolor.cpu import relu as c_relu, upsample as c_upsample  # noqa: E402
 from minicolor.models import ColorizationNet  # noqa: E402
 from minicolor.reference import adam as r_adam, batchnorm as r_batchnorm, conv2d as r_conv2d  # noqa: E402
 from minicolor.reference import relu as r_relu, upsample as r_upsample  # noqa: E402
 
 
-def best_times(fns, rounds):
-    """The least CPU time (s) of each callable over ``rounds`` rounds, one call of each per round."""
+def best_times(fns, rounds, clock=time.process_time):
+    """The least time (s) of each callable over ``rounds`` rounds, one call of each per round:
+    CPU time, or wall time with ``clock=time.perf_counter``."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.process_time()
+            start = clock()
             fn()
-            times[name].append(time.process_time() - start)
+            times[name].append(clock() - start)
     return {name: min(t) for name, t in times.items()}
 
 
@@ -107,6 +111,30 @@ def ops(rounds=9):
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 
+def small(rounds=100):
+    """The changes made for batch 1, where each layer's work is small: wall time on every core
+    (or MINICOLOR_THREADS), whatever the load average says."""
+    threads.set_threads(threads.requested() or os.cpu_count())
+    print(f"threads {threads.current()}")
+    rng = np.random.default_rng(0)
+    kron = np.kron(winograd.G, winograd.G).astype(np.float32)  # (36, 9)
+    w = rng.standard_normal((128, 128, 3, 3), dtype=np.float32)
+    dU = rng.standard_normal((36, 128, 128), dtype=np.float32)
+    t = best_times({"loops": lambda: winograd.weight_transform(w),
+                    "one product": lambda: kron @ w.reshape(-1, 9).T,
+                    "adjoint loops": lambda: winograd.weight_transform_adjoint(dU),
+                    "adjoint product": lambda: dU.reshape(36, -1).T @ kron}, rounds, time.perf_counter)
+    print("filter transforms, 128 x 128 filters:", "  ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))
+    for tiles, c, f in ((49, 128, 128), (196, 32, 64), (392, 128, 128)):  # 36 products (T x C) @ (C x F)
+        a = rng.standard_normal((36, tiles, c), dtype=np.float32)
+        b = rng.standard_normal((36, f, c), dtype=np.float32).transpose(0, 2, 1)  # as forward's U^T
+        out = np.empty((36, tiles, f), np.float32)
+        t = best_times({"one by one": lambda: products.run([(a[s], b[s], out[s]) for s in range(36)]),
+                        "stacked": lambda: products.stacked(a, b, out)}, rounds, time.perf_counter)
+        print(f"36 products {tiles} x {c} x {f}:", "  ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
 def steps(batch, size, rounds=5):
     import torch
 
@@ -131,5 +159,7 @@ def steps(batch, size, rounds=5):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["steps"]:
         steps(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1:2] == ["small"]:
+        small()
     else:
         ops()
