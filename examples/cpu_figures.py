@@ -14,7 +14,7 @@ import time
 
 if sys.argv[1:2] != ["small"]:  # "small" measures how work is shared out over the cores
     os.environ.setdefault("MINICOLOR_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy starts
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy starts
 
 import numpy as np  # noqa: E402
 
@@ -113,25 +113,40 @@ def ops(rounds=9):
 
 def small(rounds=100):
     """The changes made for batch 1, where each layer's work is small: wall time on every core
-    (or MINICOLOR_THREADS), whatever the load average says."""
+    (or MINICOLOR_THREADS), whatever the load average says. "before" is how the previous
+    version did it."""
     threads.set_threads(threads.requested() or os.cpu_count())
     print(f"threads {threads.current()}")
     rng = np.random.default_rng(0)
     kron = np.kron(winograd.G, winograd.G).astype(np.float32)  # (36, 9)
+
+    def in_four(a, b, out, axis):  # before: one product cut in 4 by columns (1) or rows (0)
+        n = out.shape[axis]
+        bounds = [n * i // 4 for i in range(5)]
+        if axis:
+            products.run([(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])])
+        else:
+            products.run([(a[lo:hi], b, out[lo:hi]) for lo, hi in zip(bounds, bounds[1:])])
+
     w = rng.standard_normal((128, 128, 3, 3), dtype=np.float32)
     dU = rng.standard_normal((36, 128, 128), dtype=np.float32)
+    U, gw = np.empty((36, 128 * 128), np.float32), np.empty((128 * 128, 9), np.float32)
     t = best_times({"loops": lambda: winograd.weight_transform(w),
-                    "one product": lambda: kron @ w.reshape(-1, 9).T,
+                    "before: kron(G, G) products": lambda: in_four(kron, w.reshape(-1, 9).T, U, 1),
                     "adjoint loops": lambda: winograd.weight_transform_adjoint(dU),
-                    "adjoint product": lambda: dU.reshape(36, -1).T @ kron}, rounds, time.perf_counter)
+                    "before: adjoint products": lambda: in_four(dU.reshape(36, -1).T, kron, gw, 0)},
+                   rounds, time.perf_counter)
     print("filter transforms, 128 x 128 filters:", "  ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))
     for tiles, c, f in ((49, 128, 128), (196, 32, 64), (392, 128, 128)):  # 36 products (T x C) @ (C x F)
         a = rng.standard_normal((36, tiles, c), dtype=np.float32)
         b = rng.standard_normal((36, f, c), dtype=np.float32).transpose(0, 2, 1)  # as forward's U^T
         out = np.empty((36, tiles, f), np.float32)
         t = best_times({"one by one": lambda: products.run([(a[s], b[s], out[s]) for s in range(36)]),
-                        "stacked": lambda: products.stacked(a, b, out)}, rounds, time.perf_counter)
-        print(f"36 products {tiles} x {c} x {f}:", "  ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))
+                        "in sets of six": lambda: products.run([(a[s:s + 6], b[s:s + 6], out[s:s + 6])
+                                                                for s in range(0, 36, 6)])},
+                       rounds, time.perf_counter)
+        print(f"36 products {tiles} x {c} x {f}:", "  ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()),
+              f"(stacked takes {'sets' if 2 * tiles * c * f < products.SMALL_PRODUCT_FLOP else 'one by one'})")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

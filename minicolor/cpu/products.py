@@ -90,10 +90,11 @@ def stacked(a, b, out=None):
     (which calls BLAS once per product, as one call per product does, so the bits are the
     same): each call costs NumPy and Python a few microseconds, and at batch 1 a Winograd
     layer's products take only 10 to 20 us each. Two threads, the 36 products of a layer
-    (T x C x F, min of 40): 49 x 128 x 128, 0.66 ms one by one, 0.48 in sets of 6; 196 x 32 x 64,
-    0.45 -> 0.25. From 4 MFLOP a product up the sets were no faster or slower (256 x 128 x 128:
-    1.84 -> 2.07 ms; 392 x 128 x 128: 2.26 -> 2.97), so those stay one by one. The grouping
-    follows the shapes alone, never the thread count."""
+    (T x C x F; `python examples/cpu_figures.py small`, two runs): 49 x 128 x 128, 0.65 to
+    0.74 ms one by one, 0.51 to 0.62 in sets of 6; 196 x 32 x 64, 0.41 to 0.42 -> 0.28 to 0.32.
+    From 4 MFLOP a product up the sets were no faster or slower (392 x 128 x 128: 2.60 to
+    2.64 -> 2.66 to 2.83 ms), so those stay one by one. The grouping follows the shapes
+    alone, never the thread count."""
     if out is None:
         out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.result_type(a, b))
     size = GROUP if 2 * a.shape[1] * a.shape[2] * b.shape[2] < SMALL_PRODUCT_FLOP else 1

@@ -448,9 +448,10 @@ def weight_transform(w):
     """U[(i, j), f, c] = (G g G^T)[i, j] for each 3x3 filter g = w[f, c].
 
     A compiled loop applies G down the columns of the filters, then along the rows, over
-    blocks of filters. 128 x 128 filters in float32, two threads, the best of 100 in one run:
-    0.23 ms, where one product, kron(G, G) (36 x 9) @ the filters as columns (9 x F*C), took
-    0.53 ms (a product with 9 terms is mostly OpenBLAS packing its operands; docs/cpu.md)."""
+    blocks of filters. 128 x 128 filters in float32, two threads, the best of 100: 0.22 ms,
+    where the product kron(G, G) (36 x 9) @ the filters as columns (9 x F*C), cut in four over
+    the threads, took 0.26 to 0.34 ms (a product with 9 terms is mostly OpenBLAS packing its
+    operands; `python examples/cpu_figures.py small`, docs/cpu.md)."""
     f, c = w.shape[:2]
     U = np.empty((ALPHA * ALPHA, f * c), w.dtype)
     _filters(np.ascontiguousarray(w).reshape(f * c, 9), U)
@@ -459,8 +460,8 @@ def weight_transform(w):
 
 def weight_transform_adjoint(dU):
     """gw[f, c] = G^T dU[:, f, c] G for every filter (dU (36, F, C) -> gw (F, C, 3, 3)): the
-    adjoint of weight_transform. 0.14 ms for 128 x 128 filters, where the product
-    (F*C x 36) @ kron(G, G) took 0.44 ms (the same run as weight_transform's figures)."""
+    adjoint of weight_transform. 0.14 to 0.15 ms for 128 x 128 filters, where the product
+    (F*C x 36) @ kron(G, G), cut in four, took 0.27 to 0.30 ms (as weight_transform's)."""
     _, f, c = dU.shape
     gw = np.empty((f, c, 3, 3), dU.dtype)
     _filters_adjoint(np.ascontiguousarray(dU).reshape(ALPHA * ALPHA, f * c), gw.reshape(f * c, 9))
