@@ -154,8 +154,8 @@ def test_filter_transforms_are_g_and_its_adjoint(rng):
     U = winograd.weight_transform(w)
     direct = np.einsum("ia,fcab,jb->ijfc", winograd.G, w, winograd.G).reshape(36, 40, 16)
     np.testing.assert_allclose(U, direct, atol=1e-13)
-    monkey = rng.standard_normal((36, 40, 16))
-    assert np.isclose(np.sum(U * monkey), np.sum(w * winograd.weight_transform_adjoint(monkey)), rtol=1e-12)
+    dU = rng.standard_normal((36, 40, 16))
+    assert np.isclose(np.sum(U * dU), np.sum(w * winograd.weight_transform_adjoint(dU)), rtol=1e-12)
 
 
 def test_grad_input_from_the_forward_pass_matches_one_without_it(rng):
