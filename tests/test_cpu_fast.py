@@ -10,6 +10,7 @@ and a whole training step against the reference path.
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from minicolor import backend, functional as F
 from minicolor import gradcheck, optim, tensor
 from minicolor.cpu import adam as c_adam
+from minicolor.cpu import products
 from minicolor.cpu import batchnorm as c_batchnorm
 from minicolor.cpu import conv2d as c_conv2d
 from minicolor.cpu import relu as c_relu
@@ -424,3 +426,22 @@ def test_training_steps_in_float32_are_as_accurate_as_the_reference(monkeypatch)
         scale = np.abs(grad).max()
         ours, theirs = (float(np.abs(run[1][name] - grad).max() / scale) for run in (fast, reference))
         assert ours < 3 * theirs + 1e-4, (name, ours, theirs)
+
+
+def test_shared_jobs_all_run_once_and_an_error_stops_the_rest(monkeypatch):
+    """products.share runs every job once over the threads; when a job fails, the error reaches
+    the caller, and no job runs after share has returned."""
+    monkeypatch.setattr(threads, "current", lambda: 2)
+    done = []
+    products.share([lambda i=i: done.append(i) for i in range(50)])
+    assert sorted(done) == list(range(50))
+
+    def fail():
+        raise ValueError("the first job")
+    started = []
+    slow = [lambda i=i: (time.sleep(0.002), started.append(i)) for i in range(50)]
+    with pytest.raises(ValueError, match="the first job"):  # the caller takes it, at once
+        products.share([fail] + slow)
+    count = len(started)
+    time.sleep(0.05)
+    assert len(started) == count

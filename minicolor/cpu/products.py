@@ -21,7 +21,7 @@ one thread of OpenBLAS gives the same bits on any thread. Only who computes whic
 changes.
 """
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 
 import numpy as np
@@ -69,9 +69,13 @@ def share(jobs):
         _drain(queue)
         return
     pending = [_executor(count - 1).submit(_drain, queue) for _ in range(count - 1)]
-    _drain(queue)
+    try:
+        _drain(queue)
+    finally:  # on an error here, the pool threads stop after the job they hold: none runs on
+        queue.clear()  # behind the caller's back, into buffers the caller may reuse
+        wait(pending)
     for job in pending:
-        job.result()
+        job.result()  # an error in a pool thread is raised here
 
 
 def run(products):
