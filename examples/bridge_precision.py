@@ -46,12 +46,12 @@ RUNS = {  # name: (path, dtype, the dtype the initial weights are rounded to fir
 }
 
 
-def losses(path, dtype, steps, seed, start=None, size=224):
-    """Loss (Lab units) before each of ``steps`` Adam steps, on ``path`` ("fast" or
-    "reference"), with weights, activations and Adam's state in ``dtype``; the initial weights
-    rounded to ``start`` first when it is given (float32: the float32 runs' start). The reference runs
-    as MINICOLOR_CPU=reference runs it, its matrix products on every core (OpenBLAS's threads;
-    the fast path keeps OpenBLAS on one)."""
+@contextlib.contextmanager
+def bridge(path, dtype, seed, size=224):
+    """(model, x, y): the main job's network (in training mode) and its one batch, in ``dtype``,
+    on ``path`` ("fast" or "reference") until the block ends. The reference runs as
+    MINICOLOR_CPU=reference runs it, its matrix products on every core (OpenBLAS's threads; the
+    fast path keeps OpenBLAS on one)."""
     previous = backend.use_references_on_cpu(path == "reference")
     blas = threads.openblas_on_every_core() if path == "reference" else contextlib.nullcontext()
     try:
@@ -59,38 +59,37 @@ def losses(path, dtype, steps, seed, start=None, size=224):
             l, ab = ImageFolder([BRIDGE], size=size, fit="squash", flip=False).batch([0])
             x, y = (Tensor(a.astype(dtype)) for a in network_inputs(l, ab))
             model = ColorizationNet(16, seed=seed, dtype=dtype)
-            if start is not None:
-                for p in model.parameters():
-                    p.data[...] = p.data.astype(start)
-            optimizer = optim.Adam(model.parameters(), lr=1e-4)
             model.train()
-            out = []
-            for _ in range(steps):
-                optimizer.zero_grad()
-                loss, mse = model.loss(x, y)
-                out.append(float(mse.data) * LOSS_UNIT)
-                loss.backward()
-                optimizer.step()
-            return np.array(out)
+            yield model, x, y
     finally:
         backend.use_references_on_cpu(previous)
+
+
+def losses(path, dtype, steps, seed, start=None, size=224):
+    """Loss (Lab units) before each of ``steps`` Adam steps, with weights, activations and
+    Adam's state in ``dtype``; the initial weights rounded to ``start`` first when it is given
+    (float32: the float32 runs' start)."""
+    with bridge(path, dtype, seed, size) as (model, x, y):
+        if start is not None:
+            for p in model.parameters():
+                p.data[...] = p.data.astype(start)
+        optimizer = optim.Adam(model.parameters(), lr=1e-4)
+        out = []
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss, mse = model.loss(x, y)
+            out.append(float(mse.data) * LOSS_UNIT)
+            loss.backward()
+            optimizer.step()
+        return np.array(out)
 
 
 def first_gradients(path, dtype, seed, size=224):
     """{parameter name: gradient (float64)} of the first step, before any update."""
-    previous = backend.use_references_on_cpu(path == "reference")
-    blas = threads.openblas_on_every_core() if path == "reference" else contextlib.nullcontext()
-    try:
-        with blas:
-            l, ab = ImageFolder([BRIDGE], size=size, fit="squash", flip=False).batch([0])
-            x, y = (Tensor(a.astype(dtype)) for a in network_inputs(l, ab))
-            model = ColorizationNet(16, seed=seed, dtype=dtype)
-            model.train()
-            loss, _ = model.loss(x, y)
-            loss.backward()
-            return {name: np.asarray(p.grad, np.float64) for name, p in model.named_parameters()}
-    finally:
-        backend.use_references_on_cpu(previous)
+    with bridge(path, dtype, seed, size) as (model, x, y):
+        loss, _ = model.loss(x, y)
+        loss.backward()
+        return {name: np.asarray(p.grad, np.float64) for name, p in model.named_parameters()}
 
 
 def gradient_error(grads, exact):
