@@ -126,9 +126,9 @@ def main():
             fast, reference = runs["fast float64"][0], runs["reference float64"][0]
             print(f"{seed:>4} float64, fast against reference: largest difference over all "
                   f"{args.steps} steps {np.max(np.abs(fast / reference - 1)):.1e} of the loss")
-        exact = first_gradients("reference", np.float64, seed, args.size)
+        exact_gradients = first_gradients("reference", np.float64, seed, args.size)
         for path in ("fast", "reference"):
-            error, name = gradient_error(first_gradients(path, np.float32, seed, args.size), exact)
+            error, name = gradient_error(first_gradients(path, np.float32, seed, args.size), exact_gradients)
             print(f"{seed:>4} first gradients, {path} float32 against float64: {error:.1e} of the "
                   f"largest value, in the worst parameter ({name})")
 
